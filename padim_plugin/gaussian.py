@@ -1,0 +1,272 @@
+"""Per-position multivariate Gaussians fitted from streamed sufficient statistics.
+
+PaDiM needs, for every patch position, the mean and covariance of the training embeddings. Keeping
+every embedding (anomalib's memory bank) makes memory grow with the data set. Here each position
+keeps only sufficient statistics, so memory is O(positions x channels^2) whatever the image count.
+
+Numerics: sums are taken of ``x - shift``, where the shift is the first batch's mean, so a large
+common offset never meets the sums (the "shifted data" algorithm). Each batch is folded into a
+running sum in the embedding's own precision by one fused batched matmul-add, and that sum is
+flushed into float64 totals every ``flush_every`` batches, which bounds rounding error whatever
+the number of images. Partial fits (shards, devices) merge exactly with Chan et al.'s formula.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import distributed as dist
+from torch import nn
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a model is used for scoring or export before it has been fitted."""
+
+
+def combine_statistics(
+    count_a: torch.Tensor,
+    mean_a: torch.Tensor,
+    scatter_a: torch.Tensor,
+    count_b: torch.Tensor,
+    mean_b: torch.Tensor,
+    scatter_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge two sets of centered statistics exactly (Chan, Golub, LeVeque 1979).
+
+    ``mean`` is (P, C) and ``scatter`` (P, C, C), the sum of outer products about the mean.
+    """
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / count)
+    scatter = scatter_a + scatter_b + (count_a * count_b / count) * _outer(delta)
+    return count, mean, scatter
+
+
+def _outer(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors.unsqueeze(-1) * vectors.unsqueeze(-2)
+
+
+class StreamingGaussian(nn.Module):
+    """Owns the running statistics of one Gaussian per patch position.
+
+    Buffers (float64): ``count``; ``shift`` (P, C); ``shifted_sum`` and ``shifted_scatter``, the
+    sums of ``x - shift`` and of its outer products. They take their shape from the first batch,
+    or from a loaded state dict.
+    """
+
+    def __init__(self, flush_every: int = 16) -> None:
+        super().__init__()
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        self.flush_every = flush_every
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("shift", torch.zeros(0, 0, dtype=torch.float64))
+        self.register_buffer("shifted_sum", torch.zeros(0, 0, dtype=torch.float64))
+        self.register_buffer("shifted_scatter", torch.zeros(0, 0, 0, dtype=torch.float64))
+        self.count: torch.Tensor
+        self.shift: torch.Tensor
+        self.shifted_sum: torch.Tensor
+        self.shifted_scatter: torch.Tensor
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending_batches = 0
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.count.item())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(positions, channels), or (0, 0) before the first batch."""
+        return tuple(self.shift.shape)  # type: ignore[return-value]
+
+    def reset(self) -> None:
+        """Forget all statistics (the next update starts a new fit)."""
+        self.count = torch.zeros_like(self.count)
+        self.shift = self.shift.new_zeros(0, 0)
+        self.shifted_sum = self.shifted_sum.new_zeros(0, 0)
+        self.shifted_scatter = self.shifted_scatter.new_zeros(0, 0, 0)
+        self._pending, self._pending_batches = None, 0
+
+    def update(self, embedding: torch.Tensor, batch_name: str = "batch") -> None:
+        """Fold a batch of embeddings (B, C, *spatial) into the statistics.
+
+        Raises ValueError naming ``batch_name`` when the batch holds NaN or Inf, or when its shape
+        does not match the statistics gathered so far.
+        """
+        if embedding.dim() < 3 or embedding.shape[0] == 0:
+            msg = f"{batch_name}: expected a non-empty batch (B, C, ...), got {tuple(embedding.shape)}"
+            raise ValueError(msg)
+        batch = positions_first(embedding)  # (P, B, C)
+        if batch.dtype not in (torch.float32, torch.float64):
+            batch = batch.float()
+        n_positions, n_batch, n_channels = batch.shape
+        if self.n_samples == 0:
+            self._allocate(batch)
+        elif self.shape != (n_positions, n_channels):
+            msg = (
+                f"{batch_name}: embedding has {n_positions} positions x {n_channels} channels, but"
+                f" the statistics hold {self.shape[0]} x {self.shape[1]}; all images must be"
+                " resized to the same size"
+            )
+            raise ValueError(msg)
+        centered = batch - self.shift.to(batch.dtype).unsqueeze(1)
+        batch_sum = centered.sum(dim=1)
+        if not torch.isfinite(batch_sum).all():  # any NaN or Inf in the batch reaches its sum
+            msg = f"{batch_name}: embeddings contain NaN or Inf; refusing to fit on them"
+            raise ValueError(msg)
+        if self._pending is None or self._pending[0].dtype != batch.dtype:
+            self.flush()
+            self._pending = (
+                centered.new_zeros(n_positions, n_channels),
+                centered.new_zeros(n_positions, n_channels, n_channels),
+            )
+        pending_sum, pending_scatter = self._pending
+        pending_scatter.baddbmm_(centered.transpose(1, 2), centered)
+        pending_sum.add_(batch_sum)
+        self.count += n_batch
+        self._pending_batches += 1
+        if self._pending_batches >= self.flush_every:
+            self.flush()
+
+    def _allocate(self, batch: torch.Tensor) -> None:
+        # the shift is rounded to float32 so that it is exact in any precision a batch comes in
+        shift = batch.mean(dim=1).float().double()
+        n_positions, n_channels = shift.shape
+        self.shift = shift
+        self.shifted_sum = shift.new_zeros(n_positions, n_channels)
+        self.shifted_scatter = shift.new_zeros(n_positions, n_channels, n_channels)
+
+    def flush(self) -> None:
+        """Add the batches summed in the embeddings' precision to the float64 totals."""
+        if self._pending is not None and self._pending_batches:
+            pending_sum, pending_scatter = self._pending
+            self.shifted_sum += pending_sum
+            self.shifted_scatter += pending_scatter
+            pending_sum.zero_()
+            pending_scatter.zero_()
+        self._pending_batches = 0
+
+    def centered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(count, mean, scatter about the mean)`` of everything seen so far."""
+        self.flush()
+        offset = self.shifted_sum / self.count
+        scatter = torch.baddbmm(
+            self.shifted_scatter, offset.unsqueeze(-1), offset.unsqueeze(-2), alpha=-self.count.item()
+        )
+        return self.count, self.shift + offset, scatter
+
+    def _set_centered(self, count: torch.Tensor, mean: torch.Tensor, scatter: torch.Tensor) -> None:
+        self._pending, self._pending_batches = None, 0
+        self.count = count.to(self.count)
+        self.shift = mean.float().double()
+        offset = mean - self.shift
+        self.shifted_sum = count * offset
+        self.shifted_scatter = scatter + count * _outer(offset)
+
+    def merge(self, other: StreamingGaussian) -> StreamingGaussian:
+        """Fold another partial fit (e.g. from another shard) into this one; returns self."""
+        if other.n_samples == 0:
+            return self
+        if self.n_samples == 0:
+            self._set_centered(*other.centered())
+            return self
+        if self.shape != other.shape:
+            raise ValueError(f"cannot merge statistics of shape {other.shape} into {self.shape}")
+        self._set_centered(*combine_statistics(*self.centered(), *other.centered()))
+        return self
+
+    def all_reduce(self) -> None:
+        """Pool the partial statistics of every rank of the default process group, in place.
+
+        Counts and means are reduced first (small); each rank then re-centers its scatter on the
+        global mean, so one sum all-reduce of the (P, C, C) scatter gives the exact pooled result.
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        shapes: list[tuple[int, int] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(shapes, self.shape if self.n_samples else None)
+        shape = next((s for s in shapes if s is not None), None)
+        if shape is None:
+            return
+        if self.n_samples == 0:  # a rank that saw no data still joins the collectives
+            count = self.count.clone()
+            mean = self.shift.new_zeros(shape)
+            scatter = self.shift.new_zeros(*shape, shape[-1])
+        else:
+            count, mean, scatter = self.centered()
+        total = count.clone()
+        dist.all_reduce(total)
+        global_mean = mean * count
+        dist.all_reduce(global_mean)
+        global_mean /= total
+        scatter = scatter + count * _outer(mean - global_mean)
+        dist.all_reduce(scatter)
+        self._set_centered(total, global_mean, scatter)
+
+    def covariance(self, epsilon: float = 0.01) -> torch.Tensor:
+        """Unbiased covariance per position plus ``epsilon * I`` (the PaDiM regulariser)."""
+        if self.n_samples < 2:
+            msg = (
+                f"a Gaussian needs at least 2 training images, got {self.n_samples}; "
+                "add normal images to the training set"
+            )
+            raise ValueError(msg)
+        count, _, scatter = self.centered()
+        covariance = scatter.div_(count - 1)
+        covariance.diagonal(dim1=-2, dim2=-1).add_(epsilon)
+        return covariance
+
+    def mean(self) -> torch.Tensor:
+        self.flush()
+        return self.shift + self.shifted_sum / self.count
+
+    def whitening(self, epsilon: float = 0.01) -> torch.Tensor:
+        """``W = (L^-1)^T`` per position (L the Cholesky factor), so d^2(x) = ||(x - mean) @ W||^2.
+
+        Found by a triangular solve against the Cholesky factor rather than by inverting the
+        covariance: the factor's condition number is the square root of the covariance's.
+        Transposed so that scoring row vectors is one batched matmul over contiguous memory.
+        """
+        factor = torch.linalg.cholesky(self.covariance(epsilon))
+        identity = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+        inverse = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
+        return inverse.transpose(1, 2).contiguous()
+
+    def _save_to_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        self.flush()
+        super()._save_to_state_dict(*args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        adopt_saved_shapes(self, state_dict, prefix, ("shift", "shifted_sum", "shifted_scatter"))
+        self._pending, self._pending_batches = None, 0
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def adopt_saved_shapes(module: nn.Module, state_dict: dict, prefix: str, names: tuple[str, ...]) -> None:
+    """Give lazily shaped buffers the shapes of their saved values before a state dict is loaded.
+
+    The number of patch positions is only known once images are seen, so a fresh module cannot
+    know it; loading a fitted model must take it from the saved tensors.
+    """
+    for name in names:
+        saved = state_dict.get(prefix + name)
+        current = getattr(module, name)
+        if saved is not None and saved.shape != current.shape:
+            setattr(module, name, current.new_empty(saved.shape))
+
+
+def positions_first(embedding: torch.Tensor) -> torch.Tensor:
+    """View (B, C, H, W) embeddings as (P, B, C), P = H * W: free when stored positions-first."""
+    n_batch, n_channels = embedding.shape[:2]
+    return embedding.flatten(2).permute(2, 0, 1).reshape(-1, n_batch, n_channels)
+
+
+def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
+    """Mahalanobis distance of every position of every image, batched over positions.
+
+    embedding (B, C, H, W); mean (P, C); whitening (P, C, C), the transposed inverse Cholesky
+    factor, so that d(x) = ||(x - mean) @ whitening||. Returns (B, H, W).
+    """
+    n_batch, _, height, width = embedding.shape
+    delta = positions_first(embedding) - mean.unsqueeze(1)  # (P, B, C)
+    distance = torch.bmm(delta, whitening).square().sum(dim=-1).sqrt()  # (P, B)
+    return distance.transpose(0, 1).reshape(n_batch, height, width)
