@@ -79,7 +79,6 @@ class StreamingPadimModel(nn.Module):
         self.register_buffer("channel_index", random_channel_subset(n_total, n_features, seed))
         self.channel_index: torch.Tensor
         self._split_channel_index()
-        self.register_load_state_dict_post_hook(lambda module, _: module._split_channel_index())
         self.gaussian = StreamingGaussian()
         self.register_buffer("mean", torch.empty(0, 0))
         self.register_buffer("whitening", torch.empty(0, 0, 0))
@@ -128,7 +127,7 @@ class StreamingPadimModel(nn.Module):
                 h, w = height, width
             target = embedding[..., start:stop].unflatten(0, (h, height // h))
             target = target.unflatten(2, (w, width // w))
-            target.copy_(feature.permute(2, 3, 0, 1)[:, None, :, None])
+            target.copy_(feature.permute(2, 3, 0, 1)[:, None, :, None].expand_as(target))
             start = stop
         return embedding.permute(2, 3, 0, 1)
 
@@ -160,6 +159,7 @@ class StreamingPadimModel(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         adopt_saved_shapes(self, state_dict, prefix, ("mean", "whitening"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._split_channel_index()  # the saved subset replaces the seeded one
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | InferenceBatch:
         if self.training:

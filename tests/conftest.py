@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# No test may download weights: hub lookups fail at once instead of retrying for a minute.
+# Set before timm / huggingface_hub are imported, since they read it at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest

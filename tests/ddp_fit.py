@@ -28,4 +28,5 @@ if __name__ == "__main__":
     )
     engine.fit(model=model, datamodule=datamodule)
     if engine.trainer.global_rank == 0:
-        torch.save({k: v for k, v in model.model.state_dict().items() if "feature_extractor" not in k}, out_file)
+        state = model.model.state_dict()
+        torch.save({k: v for k, v in state.items() if "feature_extractor" not in k}, out_file)

@@ -1,0 +1,151 @@
+"""StreamingGaussian against a float64 two-pass reference computed with numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from padim_plugin.gaussian import StreamingGaussian, mahalanobis
+
+
+def two_pass(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (P, C) and unbiased covariance (P, C, C) of (N, C, P) data, in float64, two passes."""
+    data = embeddings.astype(np.float64).transpose(2, 0, 1)  # (P, N, C)
+    mean = data.mean(axis=1)
+    centered = data - mean[:, None, :]
+    return mean, np.einsum("pnc,pnd->pcd", centered, centered) / (data.shape[1] - 1)
+
+
+def stream(embeddings: torch.Tensor, batch_size: int, flush_every: int = 16) -> StreamingGaussian:
+    gaussian = StreamingGaussian(flush_every=flush_every)
+    for batch in embeddings.split(batch_size):
+        gaussian.update(batch)
+    return gaussian
+
+
+def assert_close(actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-5) -> None:
+    """Relative to the largest magnitude of the expected array (entries near zero included)."""
+    error = np.abs(actual.double().numpy() - expected).max()
+    assert error <= rtol * np.abs(expected).max(), f"max error {error} vs scale {np.abs(expected).max()}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_streamed_moments_equal_two_pass(dtype: torch.dtype, offset: float) -> None:
+    generator = torch.Generator().manual_seed(1)
+    # correlated channels, a large common offset, 3x4 positions, odd batch sizes
+    mixing = torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    data = torch.randn(101, 3 * 4, 6, generator=generator, dtype=torch.float64) @ mixing
+    embeddings = (data.permute(0, 2, 1).reshape(101, 6, 3, 4) + offset).to(dtype)
+    gaussian = stream(embeddings, batch_size=7, flush_every=3)
+    mean, covariance = two_pass(embeddings.flatten(2).numpy())
+    assert gaussian.n_samples == 101
+    assert_close(gaussian.mean(), mean)
+    identity = np.eye(6)
+    assert_close(gaussian.covariance(epsilon=0.0), covariance)
+    assert_close(gaussian.covariance(epsilon=0.01), covariance + 0.01 * identity)
+
+
+def test_float32_accumulation_stays_accurate_over_many_batches() -> None:
+    """2000 images in batches of 4 with an offset of 50: flushing keeps float32 sums exact enough."""
+    generator = torch.Generator().manual_seed(2)
+    embeddings = (torch.randn(2000, 8, 2, 2, generator=generator) * 0.5 + 50).float()
+    gaussian = stream(embeddings, batch_size=4)
+    mean, covariance = two_pass(embeddings.flatten(2).numpy())
+    assert_close(gaussian.mean(), mean)
+    assert_close(gaussian.covariance(epsilon=0.0), covariance)
+
+
+def test_merge_of_shards_equals_fit_on_all() -> None:
+    generator = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(60, 5, 2, 3, generator=generator, dtype=torch.float64) * 3 + 7
+    whole = stream(embeddings, batch_size=9)
+    shard_a = stream(embeddings[:23], batch_size=4)
+    shard_b = stream(embeddings[23:], batch_size=10)
+    merged = StreamingGaussian().merge(shard_a).merge(shard_b)
+    assert merged.n_samples == 60
+    torch.testing.assert_close(merged.mean(), whole.mean(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(merged.covariance(), whole.covariance(), rtol=1e-10, atol=1e-12)
+
+
+def test_merge_rejects_other_shapes() -> None:
+    a = stream(torch.randn(4, 3, 2, 2), 4)
+    b = stream(torch.randn(4, 3, 2, 3), 4)
+    with pytest.raises(ValueError, match="cannot merge"):
+        a.merge(b)
+
+
+def test_update_rejects_other_shapes_and_non_finite_batches() -> None:
+    gaussian = stream(torch.randn(4, 3, 2, 2), 4)
+    with pytest.raises(ValueError, match="positions"):
+        gaussian.update(torch.randn(4, 3, 4, 4), batch_name="batch 7")
+    bad = torch.randn(4, 3, 2, 2)
+    bad[2, 1, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="batch 9.*NaN or Inf"):
+        gaussian.update(bad, batch_name="batch 9")
+    bad[2, 1, 0, 1] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        gaussian.update(bad)
+    assert gaussian.n_samples == 4, "a rejected batch must leave the statistics untouched"
+
+
+def test_fewer_than_two_images_is_an_error() -> None:
+    gaussian = stream(torch.randn(1, 3, 2, 2), 1)
+    with pytest.raises(ValueError, match="at least 2 training images, got 1"):
+        gaussian.covariance()
+
+
+def test_whitening_gives_mahalanobis_distance() -> None:
+    generator = torch.Generator().manual_seed(4)
+    embeddings = torch.randn(40, 4, 2, 2, generator=generator, dtype=torch.float64)
+    gaussian = stream(embeddings, 8)
+    query = torch.randn(3, 4, 2, 2, generator=generator, dtype=torch.float64)
+    distance = mahalanobis(query, gaussian.mean(), gaussian.whitening(0.01))
+    mean, covariance = two_pass(embeddings.flatten(2).numpy())
+    inverse = np.linalg.inv(covariance + 0.01 * np.eye(4))
+    delta = query.flatten(2).numpy().transpose(0, 2, 1) - mean  # (B, P, C)
+    expected = np.sqrt(np.einsum("bpc,pcd,bpd->bp", delta, inverse, delta)).reshape(3, 2, 2)
+    np.testing.assert_allclose(distance.numpy(), expected, rtol=1e-10)
+
+
+def test_state_dict_round_trip_into_a_fresh_module() -> None:
+    gaussian = stream(torch.randn(10, 3, 2, 2) + 5, 3)
+    restored = StreamingGaussian()
+    restored.load_state_dict(gaussian.state_dict())
+    torch.testing.assert_close(restored.covariance(), gaussian.covariance())
+    restored.update(torch.randn(2, 3, 2, 2))  # and it keeps accumulating
+    assert restored.n_samples == 12
+
+
+def _all_reduce_worker(rank: int, world: int, port: int, shards: list[torch.Tensor], out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        gaussian = StreamingGaussian()
+        if shards[rank].shape[0]:  # rank 2 has no data at all and must still join
+            gaussian.update(shards[rank])
+        gaussian.all_reduce()
+        if rank == 0:
+            torch.save({"count": gaussian.n_samples, "mean": gaussian.mean(),
+                        "covariance": gaussian.covariance()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_across_processes_equals_single_fit(tmp_path) -> None:  # noqa: ANN001
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    embeddings = torch.randn(13, 4, 3, 3, dtype=torch.float64) + 100
+    shards = [embeddings[:5], embeddings[5:], embeddings[:0]]
+    out = str(tmp_path / "reduced.pt")
+    mp.start_processes(_all_reduce_worker, args=(3, port, shards, out), nprocs=3, start_method="spawn")
+    reduced = torch.load(out)
+    mean, covariance = two_pass(embeddings.flatten(2).numpy())
+    assert reduced["count"] == 13
+    assert_close(reduced["mean"], mean, rtol=1e-10)
+    assert_close(reduced["covariance"], covariance + 0.01 * np.eye(4), rtol=1e-10)

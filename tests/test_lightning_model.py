@@ -1,0 +1,169 @@
+"""StreamingPadim through anomalib's Engine and CLI: fit, test, predict, export, several devices."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from anomalib.data import ImageBatch
+from anomalib.deploy import ExportType
+from anomalib.engine import Engine
+
+from padim_plugin import NotFittedError, StreamingPadim
+from padim_plugin.datamodule import MVTecLayout
+from padim_plugin.gaussian import StreamingGaussian
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_model(**kwargs: object) -> StreamingPadim:
+    return StreamingPadim(
+        n_features=16, pre_processor=StreamingPadim.configure_pre_processor((64, 64)), **kwargs
+    )
+
+
+def engine_for(root: Path, **kwargs: object) -> Engine:
+    return Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=root,
+                  enable_progress_bar=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_line: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamingPadim, Engine]:
+    engine = engine_for(tmp_path_factory.mktemp("engine"))
+    model = small_model()
+    engine.fit(model=model, datamodule=MVTecLayout(tiny_line, train_batch_size=3, eval_batch_size=4))
+    return model, engine
+
+
+def test_engine_fit_then_test_scores_the_defects(trained: tuple[StreamingPadim, Engine],
+                                                 tiny_line: Path) -> None:
+    model, engine = trained
+    assert model.model.gaussian.n_samples == 7
+    results = engine.test(model=model, datamodule=MVTecLayout(tiny_line, eval_batch_size=4))
+    assert results[0]["image_AUROC"] == 1.0  # bright squares on a steady texture
+    assert results[0]["pixel_AUROC"] > 0.9
+
+
+def test_engine_predict_returns_maps_of_image_size(trained: tuple[StreamingPadim, Engine],
+                                                   tiny_line: Path) -> None:
+    model, engine = trained
+    predictions = engine.predict(model=model, data_path=tiny_line / "test" / "spot")
+    assert len(predictions) >= 1
+    batch = predictions[0]
+    assert batch.anomaly_map.shape[-2:] == (64, 64)
+    assert batch.pred_label is not None and bool(batch.pred_label.all())
+
+
+def test_export_torch_and_onnx_agree_with_the_model(trained: tuple[StreamingPadim, Engine],
+                                                    tmp_path: Path) -> None:
+    model, engine = trained
+    model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images)
+
+    torch_path = engine.export(model=model, export_type=ExportType.TORCH, export_root=tmp_path)
+    exported = torch.load(torch_path, weights_only=False)["model"].eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(images).pred_score, expected.pred_score)
+
+    onnx_path = engine.export(model=model, export_type=ExportType.ONNX, export_root=tmp_path,
+                              input_size=(64, 64))
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()],
+                       session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
+    np.testing.assert_allclose(outputs["pred_score"].flatten(), expected.pred_score.flatten(),
+                               rtol=1e-4)
+    np.testing.assert_allclose(outputs["anomaly_map"], expected.anomaly_map.numpy(), rtol=1e-3,
+                               atol=1e-3)
+
+
+def test_predict_and_export_before_fit_are_errors(tmp_path: Path, tiny_line: Path) -> None:
+    engine = engine_for(tmp_path)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        engine.predict(model=small_model(), data_path=tiny_line / "test" / "spot")
+    with pytest.raises(NotFittedError, match="before it is fitted"):
+        engine.export(model=small_model(), export_type=ExportType.TORCH, export_root=tmp_path)
+
+
+def test_training_step_names_the_files_of_a_non_finite_batch() -> None:
+    model = small_model(evaluator=False, visualizer=False)
+    image = torch.rand(2, 3, 64, 64)
+    image[1, 0, 3, 3] = float("inf")
+    batch = ImageBatch(image=image, image_path=["a/ok.png", "a/broken.png"])
+    with pytest.raises(ValueError, match=r"training batch 5 \(a/ok.png, a/broken.png\)"):
+        model.training_step(batch, 5)
+
+
+def test_empty_training_set_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "line" / "train" / "good").mkdir(parents=True)
+    (tmp_path / "line" / "test" / "good").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no images under"):
+        engine_for(tmp_path).fit(model=small_model(), datamodule=MVTecLayout(tmp_path / "line"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_plain_ddp_is_refused_with_a_pointer_to_ddp_streaming(
+    tmp_path: Path, tiny_line: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(variable, raising=False)  # Lightning sets these; undo them afterwards
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    engine = Engine(accelerator="cpu", devices=1, strategy="ddp", logger=False, default_root_dir=tmp_path,
+                    enable_progress_bar=False)
+    try:
+        with pytest.raises(ValueError, match="ddp_streaming"):
+            engine.fit(model=small_model(), datamodule=MVTecLayout(tiny_line))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_give_the_same_model_as_one(tiny_line: Path, tmp_path: Path) -> None:
+    """7 images over 2 ranks: the sampler pads rank 1 with a repeat, which must not count."""
+    states = {}
+    for devices in (1, 2):
+        out = tmp_path / f"fit{devices}.pt"
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+        env["MASTER_PORT"] = str(free_port())
+        subprocess.run([sys.executable, str(REPO / "tests" / "ddp_fit.py"), str(tiny_line), str(out),
+                        str(devices)], check=True, cwd=tmp_path, timeout=600, env=env)
+        gaussian = StreamingGaussian()
+        gaussian.load_state_dict({k.removeprefix("gaussian."): v for k, v in torch.load(out).items()
+                                  if k.startswith("gaussian.")})
+        states[devices] = gaussian
+    assert states[1].n_samples == states[2].n_samples == 7
+    for statistic in ("mean", "covariance"):
+        one, two = getattr(states[1], statistic)(), getattr(states[2], statistic)()
+        # float32 features summed in another order: equal to 1e-5 of the statistic's scale
+        assert float((two - one).abs().max()) <= 1e-5 * float(one.abs().max()), statistic
+
+
+@pytest.mark.slow
+def test_anomalib_cli_fits_the_plugin(tiny_line: Path, tmp_path: Path) -> None:
+    cli = Path(sys.executable).with_name("anomalib")
+    result = subprocess.run(
+        [str(cli), "fit", "--model", "padim_plugin.StreamingPadim", "--model.n_features", "16",
+         "--data", "padim_plugin.datamodule.MVTecLayout", "--data.root", str(tiny_line),
+         "--data.train_batch_size", "4", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+         "--default_root_dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = list(tmp_path.rglob("*.ckpt"))
+    assert checkpoints, result.stdout[-2000:]
+    restored = StreamingPadim.load_from_checkpoint(checkpoints[0], weights_only=False)
+    assert restored.model.is_fitted and restored.model.gaussian.n_samples == 7
