@@ -1,17 +1,25 @@
-"""PaDiM for anomalib with memory-free, mergeable Gaussian fitting."""
+"""PaDiM for anomalib with memory-free, mergeable Gaussian fitting.
 
-from .backbones import WeightsMismatchError, WeightsUnavailableError
-from .gaussian import NotFittedError, StreamingGaussian
-from .lightning_model import StreamingPadim
-from .strategy import StreamingDDPStrategy
-from .torch_model import StreamingPadimModel
+Names are imported on first use, so that tools needing only :mod:`padim_plugin.mvtec` do not pay
+for importing anomalib and torch.
+"""
 
-__all__ = [
-    "NotFittedError",
-    "StreamingGaussian",
-    "StreamingDDPStrategy",
-    "StreamingPadim",
-    "StreamingPadimModel",
-    "WeightsMismatchError",
-    "WeightsUnavailableError",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "NotFittedError": ".gaussian",
+    "StreamingGaussian": ".gaussian",
+    "StreamingPadim": ".lightning_model",
+    "StreamingPadimModel": ".torch_model",
+    "StreamingDDPStrategy": ".strategy",
+    "WeightsMismatchError": ".backbones",
+    "WeightsUnavailableError": ".backbones",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'padim_plugin' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from padim_plugin import NotFittedError, StreamingPadimModel
-from padim_plugin.datamodule import mvtec_samples
+from padim_plugin.mvtec import mvtec_samples
 
 from .conftest import MTD
 

@@ -1,0 +1,138 @@
+"""padim-mlops: the command line of the product (data, retraining, registry, serving)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="padim-mlops", description=__doc__)
+    parser.add_argument("--root", type=Path, default=Path("."),
+                        help="project folder holding params.yaml, .dvc/ and data/ (default: .)")
+    commands = parser.add_subparsers(title="commands")
+
+    data = commands.add_parser("data", help="version product-line data with DVC").add_subparsers(
+        title="data commands")
+    add = data.add_parser("add", help="validate, version and push a product line's images")
+    add.add_argument("line", help="product line name (letters, digits, '_', '-')")
+    add.add_argument("path", type=Path, nargs="?", help="a folder in MVTec AD layout")
+    add.add_argument("--normal", type=Path, help="folder of normal images (instead of PATH)")
+    add.add_argument("--defects", type=Path, help="folder of defect images, flat or one folder per kind")
+    add.add_argument("--masks", type=Path, help="folder of masks named <stem>_mask.* or <stem>.*")
+    add.add_argument("--train-frac", type=float, help="share of normal images for training")
+    add.add_argument("--seed", type=int, help="seed of the train/test split")
+    add.add_argument("--no-commit", action="store_true", help="leave the .dvc pointer uncommitted")
+    add.set_defaults(run=_data_add)
+    demo = data.add_parser("demo", help="generate and add the three demo product lines")
+    demo.set_defaults(run=_data_demo)
+    check = data.add_parser("validate", help="check a folder without adding it")
+    check.add_argument("path", type=Path)
+    check.add_argument("--min-train", type=int, default=1)
+    check.set_defaults(run=_data_validate)
+    pull = data.add_parser("pull", help="materialise a line's data at a git revision")
+    pull.add_argument("line")
+    pull.add_argument("--rev", help="git revision (default HEAD)")
+    pull.set_defaults(run=_data_pull)
+    return parser
+
+
+def _data_add(args: argparse.Namespace) -> None:
+    from .config import load_params
+    from .layout import stage_mvtec_folder, stage_separate_folders
+
+    params = load_params(args.root / "params.yaml").line_or_defaults(args.line)
+    if (args.path is None) == (args.normal is None):
+        raise ValueError("give either PATH (MVTec layout) or --normal [--defects --masks], not both")
+    fraction = args.train_frac if args.train_frac is not None else params.data.train_fraction
+    seed = args.seed if args.seed is not None else params.data.split_seed
+
+    def stage(staging: Path) -> dict[str, str]:
+        if args.path is not None:
+            return stage_mvtec_folder(args.path, staging)
+        return stage_separate_folders(args.normal, args.defects, args.masks, staging, fraction, seed)
+
+    _add_line(args.root, args.line, stage, params.data.min_train_images, commit=not args.no_commit)
+
+
+def _data_demo(args: argparse.Namespace) -> None:
+    from .config import load_params
+    from .demo_data import DEMO_LINES, generate_line
+
+    params = load_params(args.root / "params.yaml")
+    for line in DEMO_LINES:
+        _add_line(args.root, line, lambda staging, line=line: {str(generate_line(line, staging)): line},
+                  params.line_or_defaults(line).data.min_train_images, commit=True)
+
+
+def _add_line(
+    root: Path, line: str, stage: Callable[[Path], dict[str, str]], min_train: int, commit: bool
+) -> None:
+    """Stage into a scratch folder beside data/, then hand it to the DataStore.
+
+    ``stage`` fills the folder it is given and returns {staged path: source path}, so that
+    validation problems name the user's files rather than the scratch copies.
+    """
+    from .config import register_line
+    from .data import DataStore, summary
+    from .validation import DataValidationError, check_line_name
+
+    check_line_name(line)
+    store = DataStore(root)
+    (store.root / "data").mkdir(exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".staging-{line}-", dir=store.root / "data"))
+    params = store.root / "params.yaml"
+    original_params = params.read_text()
+    sources: dict[str, str] = {}
+    try:
+        sources = stage(scratch / line)
+        registered = register_line(params, line)  # committed with the data, undone if it fails
+        version = store.add(line, scratch / line, min_train_images=min_train, commit=commit,
+                            also_commit=(params,) if registered else ())
+    except DataValidationError as error:
+        params.write_text(original_params)
+        raise error.renamed(sources) from None
+    except BaseException:
+        params.write_text(original_params)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"added {summary(version)}")
+
+
+def _data_validate(args: argparse.Namespace) -> None:
+    from .validation import describe, validate_line
+
+    validate_line(args.path, args.min_train)
+    print(f"{args.path}: valid ({describe(args.path)})")
+
+
+def _data_pull(args: argparse.Namespace) -> None:
+    from .data import DataStore, summary
+
+    version = DataStore(args.root).pull(args.line, args.rev)
+    print(f"{summary(version)} at {version.path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

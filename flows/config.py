@@ -1,0 +1,141 @@
+"""params.yaml as one typed, validated object: defaults deep-merged with per-line overrides.
+
+Unknown keys and wrong types are errors naming the key, so a typo in params.yaml cannot silently
+fall back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .validation import check_line_name
+
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(_Strict):
+    backbone: str = "efficientnet_lite0"
+    layers: list[str] | None = None
+    n_features: int | None = Field(100, gt=0)
+    weights: str | None = "imagenet"
+    seed: int = 0
+    epsilon: float = Field(0.01, gt=0)
+
+
+class DataParams(_Strict):
+    image_size: int = Field(256, ge=32)
+    train_batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(32, gt=0)
+    num_workers: int = Field(0, ge=0)
+    min_train_images: int = Field(10, ge=2)
+    train_fraction: float = Field(0.8, gt=0, lt=1)
+    split_seed: int = 0
+
+
+class GateParams(_Strict):
+    floors: dict[str, float] = {"image_auroc": 0.7, "pixel_auroc": 0.7}
+    max_drop: float = Field(0.01, ge=0)
+
+    @field_validator("floors")
+    @classmethod
+    def _known_metrics(cls, floors: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(floors) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; gates can use {list(METRICS)}")
+        return floors
+
+
+class LineParams(_Strict):
+    """Everything that decides how one product line's model is fitted, evaluated and promoted."""
+
+    name: str
+    model: ModelParams = ModelParams()
+    data: DataParams = DataParams()
+    gates: GateParams = GateParams()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_line_name(name)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.backbone": ..., "gates.floors.image_auroc": ...}``, for logging as params."""
+        return dict(_flatten(self.model_dump(exclude={"name"})))
+
+
+class ProjectParams(_Strict):
+    defaults: dict[str, Any]
+    lines: dict[str, LineParams]
+
+    def line(self, name: str) -> LineParams:
+        if name not in self.lines:
+            raise KeyError(f"product line {name!r} is not in params.yaml (known: {sorted(self.lines)})")
+        return self.lines[name]
+
+    def line_or_defaults(self, name: str) -> LineParams:
+        """A configured line, or the defaults for a line params.yaml does not list yet."""
+        return self.lines.get(name) or LineParams(name=name, **self.defaults)
+
+
+def load_params(path: str | Path = "params.yaml") -> ProjectParams:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+    unknown = sorted(set(raw) - {"defaults", "lines"})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {unknown} (expected defaults, lines)")
+    defaults = raw.get("defaults") or {}
+    lines = {}
+    for name, overrides in (raw.get("lines") or {}).items():
+        merged = _deep_merge(defaults, overrides or {})
+        try:
+            lines[name] = LineParams(name=name, **merged)
+        except (ValidationError, TypeError) as error:
+            raise ValueError(f"{path}: product line {name!r}: {error}") from error
+    return ProjectParams(defaults=defaults, lines=lines)
+
+
+def register_line(path: str | Path, name: str) -> bool:
+    """Add ``lines.<name>: {}`` to params.yaml, keeping its comments; False if already there."""
+    from ruamel.yaml import YAML
+
+    check_line_name(name)
+    path = Path(path)
+    round_trip = YAML()
+    document = round_trip.load(path.read_text())
+    if document.get("lines") is None:
+        document["lines"] = {}
+    if name in document["lines"]:
+        return False
+    document["lines"][name] = {}
+    with path.open("w") as stream:
+        round_trip.dump(document, stream)
+    return True
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _flatten(tree: dict[str, Any], prefix: str = ""):  # noqa: ANN202
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

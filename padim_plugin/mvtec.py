@@ -1,0 +1,64 @@
+"""Listing an MVTec AD layout folder: ``train/good``, ``test/good``, ``test/<defect>``,
+``ground_truth/<defect>/<stem>_mask.<ext>``, in any common image format.
+
+Masks are paired with images by name, not by sort order, and a missing mask is an error naming
+the image. No anomalib import here, so tools that only look at files stay quick to start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pandas import DataFrame
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+NORMAL = "good"
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_mask(root: Path, defect: str, stem: str) -> Path | None:
+    """The ground-truth mask of ``test/<defect>/<stem>.*``, or None."""
+    folder = root / "ground_truth" / defect
+    for name in (f"{stem}_mask", stem):
+        for extension in IMAGE_EXTENSIONS:
+            candidate = folder / f"{name}{extension}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def mvtec_samples(root: str | Path, split: str | None = None) -> DataFrame:
+    """One row per image of an MVTec-layout folder: image_path, split, label, label_index, mask_path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    rows = []
+    for split_name in ("train", "test"):
+        split_dir = root / split_name
+        if not split_dir.is_dir():
+            continue
+        for label_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            abnormal = label_dir.name != NORMAL
+            for image in sorted(p for p in label_dir.iterdir() if is_image(p)):
+                mask = find_mask(root, label_dir.name, image.stem) if abnormal else None
+                if abnormal and mask is None:
+                    msg = f"{image}: no mask in {root / 'ground_truth' / label_dir.name}"
+                    raise FileNotFoundError(msg)
+                rows.append({
+                    "path": str(root),
+                    "split": split_name,
+                    "label": label_dir.name,
+                    "image_path": str(image),
+                    "label_index": int(abnormal),  # anomalib's LabelName: 0 normal, 1 abnormal
+                    "mask_path": str(mask) if mask else "",
+                })
+    samples = DataFrame(rows, columns=["path", "split", "label", "image_path", "label_index", "mask_path"])
+    if samples.empty:
+        raise FileNotFoundError(f"no images under {root}/train or {root}/test")
+    samples.attrs["task"] = "segmentation" if (samples.mask_path != "").any() else "classification"
+    if split is not None:
+        samples = samples[samples.split == str(split)].reset_index(drop=True)
+    return samples

@@ -1,0 +1,170 @@
+"""Product-line data with real git, real DVC and a real local remote, in temporary folders."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.cli import main
+from flows.config import load_params
+from flows.data import DataStore, DataVersionError
+from flows.layout import stage_separate_folders
+from flows.validation import check_line_name, validate_line
+
+from .conftest import MTD, write_mvtec_folder
+
+PARAMS = """\
+defaults:
+  data: {min_train_images: 3}
+lines:
+  alpha: {}
+"""
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> DataStore:
+    root = tmp_path / "project"
+    root.mkdir()
+    store = DataStore.init(root, str(tmp_path / "remote"))
+    git(root, "config", "user.email", "tests@example.com")
+    git(root, "config", "user.name", "tests")
+    (root / "params.yaml").write_text(PARAMS)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "project")
+    return store
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def add(store: DataStore, line: str, source: Path, *extra: str) -> int:
+    return main(["--root", str(store.root), "data", "add", line, str(source), *extra])
+
+
+def test_add_push_then_pull_into_a_clean_clone_restores_identical_files(project: DataStore,
+                                                                         tmp_path: Path) -> None:
+    source = write_mvtec_folder(tmp_path / "alpha_v1", 5, 2, 2)
+    assert add(project, "alpha", source) == 0
+    md5 = project.md5("alpha", "HEAD")
+    assert md5.endswith(".dir") and "data: alpha version" in git(project.root, "log", "-1", "--format=%s")
+    # a fresh clone has neither the workspace copy nor the cache: only the remote has the files
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project.root), str(clone))
+    assert not (clone / "data" / "alpha").exists() and not (clone / ".dvc" / "cache").exists()
+    pulled = DataStore(clone).pull("alpha")
+    assert pulled.md5 == md5
+    assert files(pulled.path) == files(source)
+    assert pulled.rev == git(clone, "rev-parse", "HEAD")
+
+
+def test_new_version_of_one_line_leaves_the_others_and_old_revisions_intact(project: DataStore,
+                                                                             tmp_path: Path) -> None:
+    v1 = write_mvtec_folder(tmp_path / "alpha_v1", 5, 2, 2, seed=1)
+    beta = write_mvtec_folder(tmp_path / "beta", 4, 2, 1, seed=2)
+    assert add(project, "alpha", v1) == 0
+    assert add(project, "beta", beta) == 0
+    first = git(project.root, "rev-parse", "HEAD")
+    beta_md5 = project.md5("beta")
+    v2 = write_mvtec_folder(tmp_path / "alpha_v2", 6, 2, 2, seed=3)
+    assert add(project, "alpha", v2) == 0
+    assert project.md5("beta") == beta_md5
+    assert project.md5("alpha") != project.md5("alpha", first)
+    shutil.rmtree(project.root / ".dvc" / "cache")
+    shutil.rmtree(project.root / "data" / "alpha")
+    assert files(project.pull("alpha", first).path) == files(v1)
+    assert files(project.pull("alpha").path) == files(v2)
+    assert files(project.pull("beta").path) == files(beta)
+    assert "beta" in load_params(project.root / "params.yaml").lines  # registered on first add
+
+
+def test_invalid_data_gets_one_error_listing_every_bad_file(project: DataStore, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write_mvtec_folder(tmp_path / "bad", 1, 2, 3)
+    (bad / "train" / "good" / "broken.png").write_bytes(b"not an image")
+    (bad / "test" / "spot" / "notes.txt").write_text("stray")
+    (bad / "ground_truth" / "spot" / "000_mask.png").unlink()
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad / "ground_truth" / "spot" / "001_mask.png")
+    grey = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    Image.fromarray(grey).save(bad / "ground_truth" / "spot" / "002_mask.png")
+    params_before = (project.root / "params.yaml").read_text()
+    head_before = git(project.root, "rev-parse", "HEAD")
+
+    assert add(project, "gamma", bad) == 1
+    message = capsys.readouterr().err
+    for expected in ("train/good: 2 normal training images, at least 3 needed",
+                     "train/good/broken.png: does not decode", "test/spot/notes.txt: stray file",
+                     "test/spot/000.png: no mask", "001_mask.png: size (10, 10) differs",
+                     "002_mask.png: not binary"):
+        assert expected in message, expected
+    assert str(bad) in message, "problems name the user's files, not the staging copies"
+    assert "6 problem(s)" in message
+    # nothing changed: no data folder, no pointer, params and history untouched
+    assert not (project.root / "data" / "gamma").exists()
+    assert not (project.root / "data" / "gamma.dvc").exists()
+    assert (project.root / "params.yaml").read_text() == params_before
+    assert git(project.root, "rev-parse", "HEAD") == head_before
+
+
+def test_separate_folders_are_split_by_a_seeded_fraction(tmp_path: Path) -> None:
+    normal, defects, masks = (tmp_path / n for n in ("normal", "defects", "masks"))
+    rng = np.random.default_rng(0)
+    for folder in (normal, defects / "dent", masks):
+        folder.mkdir(parents=True)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(normal / f"n{i:02d}.jpg")
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(defects / "dent" / f"d{i}.bmp")
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(masks / f"d{i}.png")
+    splits = []
+    for attempt in range(2):
+        staged = tmp_path / f"staged{attempt}"
+        stage_separate_folders(normal, defects, masks, staged, train_fraction=0.75, seed=4)
+        validate_line(staged, min_train_images=10)
+        splits.append(sorted(p.name for p in (staged / "train" / "good").iterdir()))
+        assert len(list((staged / "test" / "good").iterdir())) == 5
+        assert sorted(p.name for p in (staged / "ground_truth" / "dent").iterdir()) == [
+            "d0_mask.png", "d1_mask.png", "d2_mask.png"]
+    assert splits[0] == splits[1] and len(splits[0]) == 15
+    other = tmp_path / "other_seed"
+    stage_separate_folders(normal, defects, masks, other, train_fraction=0.75, seed=5)
+    assert sorted(p.name for p in (other / "train" / "good").iterdir()) != splits[0]
+
+
+def test_unsafe_line_names_are_refused() -> None:
+    for name in ("../etc", "a/b", "", ".hidden", "x" * 65, "spa ce"):
+        with pytest.raises(ValueError, match="invalid product line name"):
+            check_line_name(name)
+    assert check_line_name("tiles_v2-a") == "tiles_v2-a"
+
+
+def test_pull_errors_name_the_line_and_revision(project: DataStore, tmp_path: Path) -> None:
+    with pytest.raises(DataVersionError, match="'alpha' has no data at revision"):
+        project.pull("alpha")
+    add(project, "alpha", write_mvtec_folder(tmp_path / "a", 4, 1, 1))
+    shutil.rmtree(tmp_path / "remote")
+    shutil.rmtree(project.root / ".dvc" / "cache")
+    with pytest.raises(DataVersionError, match="cannot pull product line 'alpha' at revision"):
+        project.pull("alpha")
+    with pytest.raises(DataVersionError, match="no-such-rev"):
+        project.pull("alpha", "no-such-rev")
+
+
+@pytest.mark.slow
+def test_magnetic_tile_defects_import_cleanly(project: DataStore) -> None:
+    if not MTD.is_dir():
+        pytest.skip(f"real data set not found at {MTD}")
+    assert add(project, "mtd", MTD) == 0
+    version = project.pull("mtd")
+    counts = {p.name: len(list(p.iterdir())) for p in (version.path / "test").iterdir()}
+    assert counts == {"good": 190, "blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103}
+    assert len(list((version.path / "train" / "good").iterdir())) == 762
