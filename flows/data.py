@@ -101,7 +101,8 @@ class DataStore:
         self._dvc("push", [str(self.pointer(line))])
         if commit:
             self._commit(line, also_commit)
-        return DataVersion(line, target, self.md5(line), rev=self._git("rev-parse", "HEAD") if commit else None)
+        rev = self._git("rev-parse", "HEAD") if commit else None
+        return DataVersion(line, target, self.md5(line), rev)
 
     def md5(self, line: str, rev: str | None = None) -> str:
         """The DVC md5 of ``data/<line>`` in the workspace (rev None) or at a git revision."""
@@ -114,7 +115,8 @@ class DataStore:
             try:
                 text = self._git("show", f"{rev}:{pointer.as_posix()}")
             except DataVersionError as error:
-                raise DataVersionError(f"product line {line!r} has no data at revision {rev!r}: {error}") from None
+                msg = f"product line {line!r} has no data at revision {rev!r}: {error}"
+                raise DataVersionError(msg) from None
         return yaml.safe_load(text)["outs"][0]["md5"]
 
     def pull(self, line: str, rev: str | None = None) -> DataVersion:

@@ -59,7 +59,8 @@ def stage_separate_folders(
                 problems.append(f"{image}: no mask named {image.stem}_mask.* or {image.stem}.* in {masks}")
                 continue
             sources[_copy(image, staging / "test" / kind)] = str(image)
-            sources[_copy(mask, staging / "ground_truth" / kind, f"{image.stem}_mask{mask.suffix}")] = str(mask)
+            mask_name = f"{image.stem}_mask{mask.suffix}"
+            sources[_copy(mask, staging / "ground_truth" / kind, mask_name)] = str(mask)
     if problems:
         raise DataValidationError(str(defects), problems)
     return sources
