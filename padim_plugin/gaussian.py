@@ -136,14 +136,16 @@ class StreamingGaussian(nn.Module):
         self.shifted_scatter = shift.new_zeros(n_positions, n_channels, n_channels)
 
     def flush(self) -> None:
-        """Add the batches summed in the embeddings' precision to the float64 totals."""
+        """Add the batches summed in the embeddings' precision to the float64 totals.
+
+        The running buffers are released too: the next batch allocates them again, so a fit
+        that is over holds only the float64 totals.
+        """
         if self._pending is not None and self._pending_batches:
             pending_sum, pending_scatter = self._pending
             self.shifted_sum += pending_sum
             self.shifted_scatter += pending_scatter
-            pending_sum.zero_()
-            pending_scatter.zero_()
-        self._pending_batches = 0
+        self._pending, self._pending_batches = None, 0
 
     def centered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(count, mean, scatter about the mean)`` of everything seen so far."""
@@ -202,34 +204,47 @@ class StreamingGaussian(nn.Module):
         dist.all_reduce(scatter)
         self._set_centered(total, global_mean, scatter)
 
-    def covariance(self, epsilon: float = 0.01) -> torch.Tensor:
-        """Unbiased covariance per position plus ``epsilon * I`` (the PaDiM regulariser)."""
+    def covariance(self, epsilon: float = 0.01, positions: slice = slice(None)) -> torch.Tensor:
+        """Unbiased covariance (float64) plus ``epsilon * I`` (the PaDiM regulariser), for all
+        positions or a slice of them."""
         if self.n_samples < 2:
             msg = (
                 f"a Gaussian needs at least 2 training images, got {self.n_samples}; "
                 "add normal images to the training set"
             )
             raise ValueError(msg)
-        count, _, scatter = self.centered()
-        covariance = scatter.div_(count - 1)
-        covariance.diagonal(dim1=-2, dim2=-1).add_(epsilon)
+        self.flush()
+        count = self.count.item()
+        offset = self.shifted_sum[positions] / count
+        covariance = torch.baddbmm(
+            self.shifted_scatter[positions], offset.unsqueeze(-1), offset.unsqueeze(-2), alpha=-count
+        )
+        covariance.div_(count - 1).diagonal(dim1=-2, dim2=-1).add_(epsilon)
         return covariance
 
     def mean(self) -> torch.Tensor:
         self.flush()
         return self.shift + self.shifted_sum / self.count
 
-    def whitening(self, epsilon: float = 0.01) -> torch.Tensor:
+    def whitening(
+        self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32, chunk: int = 512
+    ) -> torch.Tensor:
         """``W = (L^-1)^T`` per position (L the Cholesky factor), so d^2(x) = ||(x - mean) @ W||^2.
 
         Found by a triangular solve against the Cholesky factor rather than by inverting the
         covariance: the factor's condition number is the square root of the covariance's.
         Transposed so that scoring row vectors is one batched matmul over contiguous memory.
+        Computed in float64, ``chunk`` positions at a time, so the temporaries stay small.
         """
-        factor = torch.linalg.cholesky(self.covariance(epsilon))
-        identity = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
-        inverse = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
-        return inverse.transpose(1, 2).contiguous()
+        n_positions, n_channels = self.shape
+        device = self.shifted_scatter.device
+        identity = torch.eye(n_channels, dtype=torch.float64, device=device)
+        result = torch.empty(n_positions, n_channels, n_channels, dtype=dtype, device=device)
+        for start in range(0, n_positions, chunk):
+            factor = torch.linalg.cholesky(self.covariance(epsilon, slice(start, start + chunk)))
+            inverse = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
+            result[start : start + chunk] = inverse.transpose(1, 2)
+        return result
 
     def _save_to_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         self.flush()

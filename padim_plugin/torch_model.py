@@ -86,6 +86,12 @@ class StreamingPadimModel(nn.Module):
         self.whitening: torch.Tensor
         self.anomaly_map = AnomalyMapGenerator(sigma)
 
+    def train(self, mode: bool = True) -> StreamingPadimModel:
+        """The backbone stays in eval mode: its BatchNorm statistics are ImageNet's, not ours."""
+        super().train(mode)
+        self.feature_extractor.eval()
+        return self
+
     @property
     def n_features(self) -> int:
         return self.channel_index.numel()
@@ -145,7 +151,7 @@ class StreamingPadimModel(nn.Module):
         """Turn the statistics into the float32 mean and whitening factor used for scoring."""
         if self.gaussian.n_samples == 0:
             raise ValueError("no training images were seen: the training set is empty")
-        self.whitening = self.gaussian.whitening(self.epsilon).float()
+        self.whitening = self.gaussian.whitening(self.epsilon, dtype=torch.float32)
         self.mean = self.gaussian.mean().float()
 
     def fit(self, batches: Iterable[torch.Tensor]) -> StreamingPadimModel:

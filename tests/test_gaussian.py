@@ -103,7 +103,7 @@ def test_whitening_gives_mahalanobis_distance() -> None:
     embeddings = torch.randn(40, 4, 2, 2, generator=generator, dtype=torch.float64)
     gaussian = stream(embeddings, 8)
     query = torch.randn(3, 4, 2, 2, generator=generator, dtype=torch.float64)
-    distance = mahalanobis(query, gaussian.mean(), gaussian.whitening(0.01))
+    distance = mahalanobis(query, gaussian.mean(), gaussian.whitening(0.01, torch.float64, chunk=3))
     mean, covariance = two_pass(embeddings.flatten(2).numpy())
     inverse = np.linalg.inv(covariance + 0.01 * np.eye(4))
     delta = query.flatten(2).numpy().transpose(0, 2, 1) - mean  # (B, P, C)

@@ -151,3 +151,14 @@ def test_state_dict_round_trip_gives_the_same_scores(fitted: StreamingPadimModel
     restored.eval()
     images = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(restored(images).anomaly_map, fitted(images).anomaly_map)
+
+
+def test_training_mode_leaves_the_pretrained_backbone_untouched() -> None:
+    model = StreamingPadimModel(n_features=10)
+    before = {k: v.clone() for k, v in model.feature_extractor.state_dict().items()}
+    model.train()
+    assert not model.feature_extractor.training
+    model(torch.randn(4, 3, 64, 64))  # train-mode forward folds the batch into the statistics
+    assert model.gaussian.n_samples == 4
+    for key, value in model.feature_extractor.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed: BatchNorm must keep ImageNet's statistics"
