@@ -54,6 +54,37 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("line")
     pull.add_argument("--rev", help="git revision (default HEAD)")
     pull.set_defaults(run=_data_pull)
+    retrain = commands.add_parser("retrain", help="retrain product lines (all in params.yaml by default)")
+    retrain.add_argument("lines", nargs="*", help="product lines (default: all)")
+    retrain.add_argument("--rev", help="git revision of the data (default HEAD)")
+    retrain.add_argument("--dask-address", help="run the lines on this Dask scheduler (tcp://...)")
+    retrain.add_argument("--parallel", type=int, default=2, help="lines at once, locally (default 2)")
+    retrain.set_defaults(run=_retrain)
+
+    demo = commands.add_parser("demo", help="demo data + retrain all lines, on the embedded defaults")
+    demo.set_defaults(run=_demo)
+
+    predict = commands.add_parser("predict", help="score images with a line's champion model")
+    predict.add_argument("line")
+    predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    predict.add_argument("--out", type=Path, required=True, help="folder for scores.csv and heatmaps")
+    predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
+    predict.set_defaults(run=_predict)
+
+    promote = commands.add_parser("promote", help="make a model version the line's champion")
+    promote.add_argument("line")
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="promoted by hand")
+    promote.set_defaults(run=_promote)
+
+    rollback = commands.add_parser("rollback", help="give @champion back to the previous champion")
+    rollback.add_argument("line")
+    rollback.set_defaults(run=_rollback)
+
+    schedule = commands.add_parser("schedule", help="serve the retrain flow on a cron schedule")
+    schedule.add_argument("--cron", default="0 2 * * *", help="cron expression (default nightly 02:00)")
+    schedule.add_argument("--name", default="nightly-retrain")
+    schedule.set_defaults(run=_schedule)
     return parser
 
 
@@ -83,6 +114,82 @@ def _data_demo(args: argparse.Namespace) -> None:
     for line in DEMO_LINES:
         _add_line(args.root, line, lambda staging, line=line: {str(generate_line(line, staging)): line},
                   params.line_or_defaults(line).data.min_train_images, commit=True)
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from .retrain import run_retrain
+
+    results = run_retrain(args.lines or None, args.rev, str(args.root.resolve()), args.dask_address,
+                          args.parallel)
+    return 1 if any(result.error for result in results) else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .registry import tracking_uri
+
+    _data_demo(args)
+    code = _retrain(argparse.Namespace(lines=[], rev=None, root=args.root, dask_address=None, parallel=2))
+    uri = tracking_uri(args.root)
+    print(
+        "\nWhere to look next:\n"
+        f"  mlflow ui --backend-store-uri {uri}      # runs, figures, the padim-<line> models\n"
+        "  prefect server start                        # then run again to see the flow runs\n"
+        f"  padim-mlops predict brick {args.root / 'data' / 'brick' / 'test' / 'stain'} --out predictions\n"
+    )
+    return code
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import csv
+
+    import mlflow
+    import numpy as np
+    from PIL import Image
+
+    from padim_plugin.mvtec import is_image
+
+    from .registry import Registry, model_name
+
+    Registry(args.root)  # points MLflow at the project's tracking store
+    files = [p for path in args.images for p in (sorted(path.rglob("*")) if path.is_dir() else [path])
+             if is_image(p)]
+    missing = [str(p) for p in args.images if not p.exists()]
+    if missing or not files:
+        raise FileNotFoundError(f"no images to score: {', '.join(missing) or args.images}")
+    uri = f"models:/{model_name(args.line)}@{args.alias}"
+    model = mlflow.pyfunc.load_model(uri)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "scores.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["image", "score", "label"])
+        for number, path in enumerate(files, 1):
+            image = np.asarray(Image.open(path).convert("RGB"))
+            output = model.predict(image[None])
+            writer.writerow([str(path), f"{output['pred_score'][0]:.6f}", int(output["pred_label"][0])])
+            heat = np.clip(output["anomaly_map"][0], 0, 1)
+            Image.fromarray((heat * 255).astype(np.uint8)).save(args.out / f"{path.stem}_heatmap.png")
+            print(f"[{number}/{len(files)}] {path}: score {output['pred_score'][0]:.3f}", flush=True)
+    print(f"wrote {args.out / 'scores.csv'} and {len(files)} heatmaps ({uri})")
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from .registry import Registry
+
+    Registry(args.root).promote(args.line, args.version, args.reason)
+    print(f"padim-{args.line} v{args.version} is now @champion")
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    from .registry import Registry
+
+    version = Registry(args.root).rollback(args.line)
+    print(f"padim-{args.line}: @champion rolled back to v{version}")
+
+
+def _schedule(args: argparse.Namespace) -> None:
+    from .retrain import retrain
+
+    retrain.serve(name=args.name, cron=args.cron, parameters={"root": str(args.root.resolve())})
 
 
 def _add_line(

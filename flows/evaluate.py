@@ -70,7 +70,7 @@ def evaluate(model: StreamingPadim, params: LineParams, data_path: Path, work_di
         metrics["pixel_auroc"] = _auroc(torch.cat(pixel_labels).numpy(), torch.cat(pixel_scores).numpy())
         metrics["pixel_aupro"] = float(aupro.compute())
     evaluation = Evaluation(metrics, paths, label_array, score_array)
-    evaluation.figures = draw_figures(evaluation, batches, work_dir / "figures", float(post_processor.image_threshold))
+    evaluation.figures = draw_figures(evaluation, batches, work_dir / "figures", metrics["image_threshold"])
     return evaluation
 
 

@@ -1,0 +1,238 @@
+"""Prefect flows: retrain each product line from its DVC data version to an MLflow champion.
+
+    retrain_product_line(line, rev)   pull -> validate -> fit + evaluate -> register -> gate
+    retrain(lines, rev)               every line in parallel; one failure does not stop the rest
+
+Fitting is cached on (data md5, line params, code version): re-running on unchanged inputs reuses
+the fitted model and its registered version instead of refitting, and leaves the champion alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from .config import LineParams, load_params
+from .data import DataStore, DataVersion
+from .gates import Decision, decide
+from .registry import Candidate, Registry
+from .validation import validate_line
+
+PACKAGE_DIRS = ("padim_plugin", "flows")
+RUNS = Path(".padim") / "runs"
+
+
+@dataclass
+class TrainedModel:
+    """Files and scores of one fit; they live under .padim/runs/<cache key>/."""
+
+    cache_key: str
+    model_path: str
+    metrics: dict[str, float]
+    figures: dict[str, str]
+
+
+@dataclass
+class LineResult:
+    """One row of the retrain summary."""
+
+    line: str
+    data_version: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_version: str = ""
+    decision: str = ""
+    reason: str = ""
+    error: str = ""
+
+
+@cache
+def code_version() -> str:
+    """Hash of the package sources, so a code change invalidates cached fits."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for folder in PACKAGE_DIRS:
+        for source in sorted((root / folder).glob("*.py")):
+            digest.update(source.name.encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def fit_cache_key(params: LineParams, data: DataVersion) -> str:
+    settings = json.dumps(params.model_dump(), sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{data.md5}|{settings}|{code_version()}".encode()).hexdigest()
+    return f"{params.name}-{digest[:24]}"
+
+
+@task(name="pull data", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+def pull_data(root: Path, line: str, rev: str | None) -> DataVersion:
+    version = DataStore(root).pull(line, rev)
+    get_run_logger().info("%s: data version %s at %s", line, version.md5, version.rev[:12])
+    return version
+
+
+@task(name="validate data", cache_policy=NO_CACHE)
+def validate_data(data: DataVersion, params: LineParams) -> None:
+    validate_line(data.path, params.data.min_train_images)
+
+
+@task(
+    name="fit and evaluate",
+    cache_key_fn=lambda context, arguments: fit_cache_key(arguments["params"], arguments["data"]),
+    persist_result=True,
+)
+def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> TrainedModel:
+    from .evaluate import evaluate, write_metrics
+    from .train import fit_line, save_model
+
+    key = fit_cache_key(params, data)
+    work = root / RUNS / key
+    logger = get_run_logger()
+    logger.info("%s: fitting %s on %s", params.name, params.model.backbone, data.path)
+    model = fit_line(params, data.path, work)
+    model_path = save_model(model, work / "model.pt")
+    evaluation = evaluate(model, params, data.path, work)
+    write_metrics(evaluation, work / "metrics.json")
+    logger.info("%s: %s", params.name, _format_metrics(evaluation.metrics))
+    return TrainedModel(key, str(model_path), evaluation.metrics,
+                        {name: str(path) for name, path in evaluation.figures.items()})
+
+
+@task(name="register candidate", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+def register_candidate(root: Path, params: LineParams, data: DataVersion, trained: TrainedModel) -> Candidate:
+    return Registry(root).log_candidate(
+        params, data, trained.metrics, Path(trained.model_path),
+        {name: Path(path) for name, path in trained.figures.items()}, trained.cache_key,
+        code_version(),
+    )
+
+
+@task(name="score champion on the same data", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+def champion_scores(root: Path, params: LineParams, data: DataVersion,
+                    candidate_version: str) -> tuple[str, dict[str, float]] | None:
+    """The champion's metrics on this data version: logged ones if it was evaluated on exactly
+    this data by this code, else a fresh evaluation of the champion model."""
+    from .evaluate import evaluate
+
+    registry = Registry(root)
+    champion = registry.champion(params.name)
+    if champion is None or champion.version == candidate_version:
+        return None
+    tags = champion.tags
+    if tags.get("padim.data_md5") == data.md5 and tags.get("padim.code_version") == code_version():
+        return champion.version, registry.run_metrics(champion.run_id)
+    model = registry.load_model(params.name, champion.version)
+    work = root / RUNS / f"champion-{params.name}-v{champion.version}-{data.md5[:12]}"
+    return champion.version, evaluate(model, params, data.path, work).metrics
+
+
+@task(name="apply promotion gates", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+def apply_decision(root: Path, line: str, version: str, decision: Decision) -> None:
+    Registry(root).record_decision(line, version, decision.promote, decision.reason)
+
+
+@flow(name="retrain-product-line", log_prints=True)
+def retrain_product_line(line: str, rev: str | None = None, root: str = ".") -> LineResult:
+    """Pull the line's data at ``rev`` (default HEAD), fit, evaluate, register and gate it."""
+    project = Path(root).resolve()
+    params = load_params(project / "params.yaml").line(line)
+    registry = Registry(project)
+    data = pull_data(project, line, rev)
+    validate_data(data, params)
+    trained = fit_and_evaluate(params, data, project)
+    if not Path(trained.model_path).is_file():  # the cached fit's files were cleaned away
+        trained = fit_and_evaluate.with_options(refresh_cache=True)(params, data, project)
+    candidate = register_candidate(project, params, data, trained)
+    if candidate.decided:
+        decision = Decision(candidate.decision == "champion", "unchanged data, params and code: reused")
+    else:
+        champion = champion_scores(project, params, data, candidate.version)
+        decision = decide(trained.metrics, champion[1] if champion else None, params.gates,
+                          champion[0] if champion else None)
+        apply_decision(project, line, candidate.version, decision)
+    result = LineResult(line, data.md5, trained.metrics, candidate.version,
+                        "champion" if decision.promote else "challenger", decision.reason)
+    publish_report(result, registry.run_link(candidate.run_id), registry.uri)
+    return result
+
+
+def publish_report(result: LineResult, run_link: str, uri: str) -> None:
+    metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(result.metrics.items()))
+    create_markdown_artifact(
+        key=f"retrain-{result.line.lower().replace('_', '-')}",
+        description=f"retrain {result.line}",
+        markdown=(
+            f"# {result.line}: v{result.model_version} is {result.decision}\n\n"
+            f"{result.reason}\n\n| metric | value |\n|---|---|\n{metrics}\n\n"
+            f"- data version: `{result.data_version}`\n- MLflow: {run_link}\n"
+            f"- registry: `models:/padim-{result.line}@champion` on `{uri}`\n"
+        ),
+    )
+
+
+@task(name="retrain line", cache_policy=NO_CACHE)
+def retrain_line(line: str, rev: str | None, root: str) -> LineResult:
+    """Run one line's flow; its failure becomes a row of the summary, not the end of the run."""
+    try:
+        return retrain_product_line(line, rev, root)
+    except Exception as error:  # noqa: BLE001  # reported per line, see the summary
+        get_run_logger().error("%s failed: %s", line, error)
+        return LineResult(line, error=f"{type(error).__name__}: {error}")
+
+
+@flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def retrain(lines: list[str] | None = None, rev: str | None = None, root: str = ".") -> list[LineResult]:
+    """Retrain every product line in params.yaml (or ``lines``) in parallel; print the summary."""
+    lines = lines or sorted(load_params(Path(root) / "params.yaml").lines)
+    futures = [retrain_line.submit(line, rev, root) for line in lines]
+    results = [future.result() for future in futures]
+    print(summary_table(results))
+    return results
+
+
+def run_retrain(lines: list[str] | None = None, rev: str | None = None, root: str = ".",
+                dask_address: str | None = None, max_parallel: int = 2) -> list[LineResult]:
+    """``retrain`` with the fan-out chosen here: threads locally, or a Dask cluster."""
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        runner: Any = DaskTaskRunner(address=dask_address)
+    else:
+        runner = ThreadPoolTaskRunner(max_workers=max_parallel)
+    return retrain.with_options(task_runner=runner)(lines, rev, root)
+
+
+def summary_table(results: list[LineResult]) -> str:
+    header = ("| line | data version | image AUROC | pixel AUROC | pixel AUPRO | image F1 | version"
+              " | decision |")
+    rows = [header, "|" + "---|" * 8]
+    for r in results:
+        if r.error:
+            rows.append(f"| {r.line} | | | | | | | FAILED: {r.error} |")
+            continue
+        names = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")
+        values = [_number(r.metrics.get(name)) for name in names]
+        rows.append(f"| {r.line} | {r.data_version[:12]} | {' | '.join(values)} | v{r.model_version}"
+                    f" | {r.decision}: {r.reason} |")
+    return "\n".join(rows)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items()))
+
+
+def as_dicts(results: list[LineResult]) -> list[dict[str, Any]]:
+    return [asdict(result) for result in results]
