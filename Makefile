@@ -25,5 +25,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/padim_vs_anomalib.py
 
+# The main job on the embedded defaults: demo lines versioned with DVC (local remote), retrained
+# by the Prefect flow (ephemeral API), registered in MLflow (SQLite in this folder).
+demo: $(STAMP)
+	$(BIN)/padim-mlops demo
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -576,6 +576,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--repeats must be at least 1")
     if min(args.n_train) < 2 or args.batch_size < 2:
         parser.error("--n-train and --batch-size must be at least 2 (a covariance needs two images)")
+    if not args.synthetic and not args.data.is_dir():
+        parser.error(f"--data {args.data}: no such folder (MVTec layout expected)")
     if torch.device(args.device).type == "cuda" and not args.synthetic:
         parser.error("--device cuda needs --synthetic (the real-data benchmark is a CPU benchmark)")
     return args

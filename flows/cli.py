@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\.")
+# the embedded Prefect server must not try to phone home from machines without internet
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def main(argv: list[str] | None = None) -> int:

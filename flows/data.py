@@ -152,7 +152,15 @@ class DataStore:
         paths = [str(self.pointer(line).relative_to(self.root)), "data/.gitignore", *map(str, also)]
         self._git("add", *paths)
         if self._git("diff", "--cached", "--name-only", "--", *paths):
-            self._git("commit", "--quiet", "-m", f"data: {line} version {self.md5(line)}", "--", *paths)
+            identity = []  # a fresh machine may have no git identity: commit as the tool then
+            if not self._git_config("user.email"):
+                identity = ["-c", "user.name=padim-mlops", "-c", "user.email=padim-mlops@localhost"]
+            message = f"data: {line} version {self.md5(line)}"
+            self._git(*identity, "commit", "--quiet", "-m", message, "--", *paths)
+
+    def _git_config(self, key: str) -> str:
+        result = subprocess.run(["git", "config", key], cwd=self.root, capture_output=True, text=True)
+        return result.stdout.strip()
 
     def _git(self, *args: str) -> str:
         result = subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True)

@@ -23,7 +23,7 @@ def score_images(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.nda
         array = array[..., None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3):
         raise ValueError(f"images must be (N, H, W, 3) or (N, H, W), got shape {array.shape}")
-    batch = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+    batch = torch.from_numpy(np.array(array)).permute(0, 3, 1, 2).float()  # a writable copy
     if array.dtype == np.uint8:
         batch = batch / 255.0
     batch = batch.expand(-1, 3, -1, -1)

@@ -116,7 +116,7 @@ class Registry:
         existing = self.find_by_cache_key(line, cache_key)
         if existing is not None:
             decision = existing.tags.get(f"{TAG}decision")
-            return Candidate(existing.version, existing.run_id, decision is not None, decision)
+            return Candidate(str(existing.version), existing.run_id, decision is not None, decision)
         tags = self._lineage_tags(data, cache_key, code_version)
         run_name = f"{line}-{data.md5[:8]}"
         with mlflow.start_run(experiment_id=self._experiment(line), run_name=run_name) as run:
@@ -135,7 +135,7 @@ class Registry:
             )
         version = mlflow.register_model(info.model_uri, model_name(line), tags=tags)
         self.client.set_registered_model_alias(model_name(line), CHALLENGER, version.version)
-        return Candidate(version.version, run.info.run_id, decided=False)
+        return Candidate(str(version.version), run.info.run_id, decided=False)
 
     def record_decision(self, line: str, version: str, promote: bool, reason: str) -> None:
         """Tag the gate's verdict on the version; move ``@champion`` to it only if it passed."""
@@ -147,7 +147,7 @@ class Registry:
     def promote(self, line: str, version: str, reason: str) -> None:
         self.version(line, version)  # fails clearly on an unknown version, before any write
         current = self.champion(line)
-        previous = current.version if current is not None else ""
+        previous = str(current.version) if current is not None else ""
         if previous == str(version):
             return
         self._tag(line, version, decision=CHAMPION, reason=reason, previous_champion=previous)
@@ -161,7 +161,7 @@ class Registry:
         previous = current.tags.get(f"{TAG}previous_champion")
         if not previous:
             raise KeyError(f"{model_name(line)} v{current.version} replaced no earlier champion")
-        self._tag(line, current.version, decision="rolled back", reason=f"rolled back to v{previous}")
+        self._tag(line, str(current.version), decision="rolled back", reason=f"rolled back to v{previous}")
         self.client.set_registered_model_alias(model_name(line), CHAMPION, previous)
         return previous
 

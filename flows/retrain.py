@@ -125,14 +125,14 @@ def champion_scores(root: Path, params: LineParams, data: DataVersion,
 
     registry = Registry(root)
     champion = registry.champion(params.name)
-    if champion is None or champion.version == candidate_version:
+    if champion is None or str(champion.version) == candidate_version:
         return None
     tags = champion.tags
     if tags.get("padim.data_md5") == data.md5 and tags.get("padim.code_version") == code_version():
-        return champion.version, registry.run_metrics(champion.run_id)
-    model = registry.load_model(params.name, champion.version)
+        return str(champion.version), registry.run_metrics(champion.run_id)
+    model = registry.load_model(params.name, str(champion.version))
     work = root / RUNS / f"champion-{params.name}-v{champion.version}-{data.md5[:12]}"
-    return champion.version, evaluate(model, params, data.path, work).metrics
+    return str(champion.version), evaluate(model, params, data.path, work).metrics
 
 
 @task(name="apply promotion gates", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
@@ -217,7 +217,7 @@ def summary_table(results: list[LineResult]) -> str:
     rows = [header, "|" + "---|" * 8]
     for r in results:
         if r.error:
-            rows.append(f"| {r.line} | | | | | | | FAILED: {r.error} |")
+            rows.append(f"| {r.line} | | | | | | | FAILED: {' '.join(r.error.split())} |")
             continue
         names = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")
         values = [_number(r.metrics.get(name)) for name in names]

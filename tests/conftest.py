@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 # No test may download weights: hub lookups fail at once instead of retrying for a minute.
 # Set before timm / huggingface_hub are imported, since they read it at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Prefect keeps its database, cached results and logs under PREFECT_HOME: never the user's.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="padim-tests-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 import numpy as np
 import pytest
@@ -47,3 +52,12 @@ def write_mvtec_folder(root: Path, n_train: int, n_test_good: int, n_defect: int
 def tiny_line(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """7 normal training images (odd, so DDP must pad), 3 normal and 3 defective test images."""
     return write_mvtec_folder(tmp_path_factory.mktemp("tiny") / "tiny", 7, 3, 3)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API and database for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,187 @@
+"""End to end: real git + DVC with a local remote, real MLflow on SQLite, Prefect's test harness."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.cli import main
+from flows.config import GateParams
+from flows.data import DataStore
+from flows.gates import decide
+from flows.registry import Registry, model_name
+
+from .conftest import write_mvtec_folder
+
+PARAMS = """\
+defaults:
+  model: {n_features: 16}
+  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5}
+  gates:
+    floors: {image_auroc: 0.7, pixel_auroc: 0.7}
+    max_drop: 0.01
+lines:
+  alpha: {}
+  beta: {}
+"""
+STRICTER = """\
+  broken:
+    data: {min_train_images: 50}   # raised after its data was added: validation must stop the fit
+"""
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Path:
+    base = tmp_path_factory.mktemp("flows")
+    root = base / "project"
+    root.mkdir()
+    DataStore.init(root, str(base / "remote"))
+    git(root, "config", "user.email", "tests@example.com")
+    git(root, "config", "user.name", "tests")
+    (root / "params.yaml").write_text(PARAMS)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "project")
+    for seed, line in enumerate(("alpha", "beta", "broken")):
+        source = write_mvtec_folder(base / f"{line}_v1", 8, 4, 4, seed=seed)
+        assert main(["--root", str(root), "data", "add", line, str(source)]) == 0
+    (root / "params.yaml").write_text(PARAMS + STRICTER)
+    git(root, "commit", "-qam", "stricter data rule for broken")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _local_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def retrain(root: Path, *lines: str, extra: tuple[str, ...] = ()) -> int:
+    return main(["--root", str(root), "retrain", *lines, *extra])
+
+
+def versions(registry: Registry, line: str) -> list[str]:
+    return sorted(str(v.version) for v in registry.client.search_model_versions(f"name = '{model_name(line)}'"))
+
+
+@pytest.fixture(scope="module")
+def first_run(project: Path) -> Path:
+    assert retrain(project) == 1  # 'broken' fails, the other two finish
+    return project
+
+
+def test_retrain_registers_champions_and_reports_the_failing_line(first_run: Path) -> None:
+    registry = Registry(first_run)
+    for line in ("alpha", "beta"):
+        champion = registry.champion(line)
+        assert champion is not None and str(champion.version) == "1"
+        assert champion.tags["padim.decision"] == "champion"
+        assert champion.tags["padim.data_md5"] == DataStore(first_run).md5(line, "HEAD")
+        run = registry.client.get_run(champion.run_id)
+        assert run.data.metrics["image_auroc"] == 1.0  # bright squares on a steady texture
+        assert run.data.params["model.n_features"] == "16"
+        artifacts = {a.path for a in registry.client.list_artifacts(champion.run_id, "figures")}
+        assert artifacts == {"figures/heatmaps.png", "figures/roc.png", "figures/score_histogram.png"}
+    assert registry.champion("broken") is None
+    assert versions(registry, "broken") == []
+
+
+def test_champion_loads_and_scores_in_a_fresh_process(first_run: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images.npy"
+    test = first_run / "data" / "alpha" / "test"
+    files = sorted((test / "good").iterdir()) + sorted((test / "spot").iterdir())
+    np.save(images, np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+    script = (
+        "import json, sys, mlflow, numpy as np\n"
+        "model = mlflow.pyfunc.load_model('models:/padim-alpha@champion')\n"
+        "out = model.predict(np.load(sys.argv[1]))\n"
+        "print(json.dumps({k: np.asarray(v).tolist() for k, v in out.items() if k != 'anomaly_map'}"
+        " | {'map_shape': list(out['anomaly_map'].shape)}))\n"
+    )
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{first_run / 'mlflow.db'}")
+    result = subprocess.run([sys.executable, "-c", script, str(images)], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    scores, labels = np.array(output["pred_score"]), output["pred_label"]
+    assert labels[:4] == [0, 0, 0, 0] and (scores[:4] < 0.5).all()  # normalised: threshold at 0.5
+    # the adaptive threshold sits on the lowest defect score, which rounding may put just below 0.5
+    assert sum(labels[4:]) >= 3
+    assert scores[4:].min() > scores[:4].max()
+    assert output["map_shape"] == [8, 64, 64]
+
+
+def test_unchanged_rerun_is_cached_and_leaves_champions_alone(first_run: Path) -> None:
+    registry = Registry(first_run)
+    before = {line: versions(registry, line) for line in ("alpha", "beta")}
+    assert retrain(first_run, "alpha", "beta") == 0
+    assert {line: versions(registry, line) for line in ("alpha", "beta")} == before
+    assert str(registry.champion("alpha").version) == "1"
+
+
+def test_worse_data_version_stays_challenger_with_its_reason(first_run: Path, tmp_path: Path) -> None:
+    # the same test images, but a training set contaminated with defects the model then learns
+    worse = tmp_path / "alpha_v2"
+    shutil.copytree(first_run / "data" / "alpha", worse)
+    spots = sorted((worse / "test" / "spot").iterdir())
+    for index, image in enumerate(sorted((worse / "train" / "good").iterdir())):
+        shutil.copy(spots[index % len(spots)], image)
+    assert main(["--root", str(first_run), "data", "add", "alpha", str(worse)]) == 0
+    assert retrain(first_run, "alpha") == 0
+    registry = Registry(first_run)
+    assert str(registry.champion("alpha").version) == "1"
+    challenger = registry.challenger("alpha")
+    assert str(challenger.version) == "2"
+    assert challenger.tags["padim.decision"] == "challenger"
+    assert "below champion v1" in challenger.tags["padim.reason"]
+
+
+def test_promote_and_rollback_by_hand(first_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = Registry(first_run)
+    assert main(["--root", str(first_run), "promote", "alpha", "2", "--reason", "accepted by QA"]) == 0
+    assert str(registry.champion("alpha").version) == "2"
+    assert registry.version("alpha", "2").tags["padim.reason"] == "accepted by QA"
+    assert main(["--root", str(first_run), "rollback", "alpha"]) == 0
+    assert str(registry.champion("alpha").version) == "1"
+    assert main(["--root", str(first_run), "promote", "alpha", "99"]) == 1
+    assert "has no version 99" in capsys.readouterr().err
+    assert str(registry.champion("alpha").version) == "1"  # a refused promotion changes nothing
+
+
+def test_predict_writes_scores_and_heatmaps(first_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "predictions"
+    images = first_run / "data" / "beta" / "test" / "spot"
+    assert main(["--root", str(first_run), "predict", "beta", str(images), "--out", str(out)]) == 0
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0] == "image,score,label" and len(rows) == 1 + 4
+    assert sum(row.endswith(",1") for row in rows[1:]) >= 3  # one may sit on the threshold
+    assert len(list(out.glob("*_heatmap.png"))) == 4
+
+
+def test_dask_task_runner_on_a_local_cluster(first_run: Path) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        assert retrain(first_run, "beta", extra=("--dask-address", cluster.scheduler_address)) == 0
+    assert str(Registry(first_run).champion("beta").version) == "1"
+
+
+def test_gates_floors_drop_and_undefined_metrics() -> None:
+    gates = GateParams(floors={"image_auroc": 0.8}, max_drop=0.02)
+    assert decide({"image_auroc": 0.9}, None, gates).promote
+    assert not decide({"image_auroc": 0.7}, None, gates).promote
+    assert not decide({"image_auroc": math.nan}, None, gates).promote
+    assert decide({"image_auroc": 0.89}, {"image_auroc": 0.9}, gates, "3").promote
+    refused = decide({"image_auroc": 0.85}, {"image_auroc": 0.9}, gates, "3")
+    assert not refused.promote and "below champion v3" in refused.reason
