@@ -72,7 +72,8 @@ def retrain(root: Path, *lines: str, extra: tuple[str, ...] = ()) -> int:
 
 
 def versions(registry: Registry, line: str) -> list[str]:
-    return sorted(str(v.version) for v in registry.client.search_model_versions(f"name = '{model_name(line)}'"))
+    found = registry.client.search_model_versions(f"name = '{model_name(line)}'")
+    return sorted(str(v.version) for v in found)
 
 
 @pytest.fixture(scope="module")
