@@ -1,0 +1,67 @@
+"""dvc.yaml for real: `dvc repro` fits and evaluates a line, `dvc exp run -S` runs an experiment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from flows.data import DataStore
+
+from .conftest import write_mvtec_folder
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = """\
+defaults:
+  model: {n_features: 8}
+  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5}
+lines:
+  tiny: {}
+"""
+
+
+def run(root: Path, *command: str) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    for part in ("padim_plugin", "flows"):
+        shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    (root / "params.yaml").write_text(PARAMS)
+    DataStore.init(root, str(tmp_path / "remote"))
+    run(root, "git", "config", "user.email", "tests@example.com")
+    run(root, "git", "config", "user.name", "tests")
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "project")
+    source = write_mvtec_folder(tmp_path / "src", 8, 3, 3)
+    assert main(["--root", str(root), "data", "add", "tiny", str(source)]) == 0
+
+    run(root, "dvc", "repro")
+    metrics = json.loads((root / "metrics" / "tiny.json").read_text())
+    assert metrics["image_auroc"] == 1.0
+    assert (root / "models" / "tiny" / "model.pt").is_file()
+    assert {p.name for p in (root / "plots" / "tiny").iterdir()} == {"heatmaps.png", "roc.png",
+                                                                     "score_histogram.png"}
+    assert "didn't change" in run(root, "dvc", "repro") or "up to date" in run(root, "dvc", "status")
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "baseline")
+
+    run(root, "dvc", "exp", "run", "-S", "defaults.model.n_features=4")
+    shown = json.loads(run(root, "dvc", "exp", "show", "--json"))
+    experiments = [e for commit in shown for e in (commit.get("experiments") or [])]
+    assert experiments, "the experiment is listed"
+    params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    assert params["defaults"]["model"]["n_features"] == 4
