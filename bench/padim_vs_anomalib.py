@@ -378,32 +378,41 @@ def measure(
     def fit() -> object:
         return candidate.fit(data.train)
 
-    def times(action: Callable[[], object], count: int = repeats) -> list[float]:
-        return [timed(action, device) for _ in range(count)]
-
     candidate.fit(data.train[:1])  # warm-up: one small fit runs every code path once
     candidate.reset()
     with memory_probe(device) as memory:
         fit_runs = [timed(fit, device)]
     outputs: list[InferenceBatch] = []
     run_batches(candidate.infer, data.test[:1])  # warm-up
-    runs = {
-        "fit": fit_runs + times(fit, repeats - 1),
-        "train_backbone": times(lambda: run_batches(candidate.backbone, data.train)),
-        "forward": times(lambda: run_batches(candidate.infer, data.test, outputs), 1)
-        + times(lambda: run_batches(candidate.infer, data.test), repeats - 1),
-        "test_backbone": times(lambda: run_batches(candidate.backbone, data.test)),
-    }
+    # Each ratio pairs measurements taken side by side, so that a slow spell of a shared machine
+    # hits both: the fit with a backbone pass right after it, and the forward with the backbone
+    # alternating batch by batch.
+    runs: dict[str, list[float]] = {"fit": [], "train_backbone": [], "forward": [], "test_backbone": []}
+    for repeat in range(repeats):
+        runs["fit"].append(fit_runs[0] if repeat == 0 else timed(fit, device))
+        runs["train_backbone"].append(timed(lambda: run_batches(candidate.backbone, data.train), device))
+        forward = backbone = 0.0
+        for images in data.test:
+            backbone += timed(lambda images=images: run_batches(candidate.backbone, [images]), device)
+            sink = outputs if repeat == 0 else None
+            forward += timed(lambda images=images, sink=sink: run_batches(candidate.infer, [images], sink),
+                             device)
+        runs["forward"].append(forward)
+        runs["test_backbone"].append(backbone)
     seconds = {name: statistics.median(values) for name, values in runs.items()}
+
+    def paired(numerator: str, denominator: str) -> float:
+        return statistics.median(a / b for a, b in zip(runs[numerator], runs[denominator], strict=True))
+
     figures = {
         "n_test": n_test,
         **{f"{name}_s": value for name, value in seconds.items()},
         **{f"{name}_s_runs": values for name, values in runs.items()},
         "fit_images_per_s": n_train / seconds["fit"],
-        "fit_over_backbone": seconds["fit"] / seconds["train_backbone"],
+        "fit_over_backbone": paired("fit", "train_backbone"),
         "forward_images_per_s": n_test / seconds["forward"],
         "backbone_images_per_s": n_test / seconds["test_backbone"],
-        "forward_over_backbone": seconds["forward"] / seconds["test_backbone"],
+        "forward_over_backbone": paired("forward", "test_backbone"),
     }
     return figures | memory.report(), outputs
 

@@ -17,6 +17,10 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+# Batched work over patch positions goes in chunks of this many positions: the temporaries then
+# stay small enough to be reused by the allocator instead of being mapped afresh every batch.
+POSITION_CHUNK = 256
+
 
 class NotFittedError(RuntimeError):
     """Raised when a model is used for scoring or export before it has been fitted."""
@@ -108,19 +112,23 @@ class StreamingGaussian(nn.Module):
                 " resized to the same size"
             )
             raise ValueError(msg)
-        centered = batch - self.shift.to(batch.dtype).unsqueeze(1)
-        batch_sum = centered.sum(dim=1)
+        # sum of (x - shift) per position, in float64: a large common offset cancels exactly
+        batch_sum = batch.sum(dim=1, dtype=torch.float64) - n_batch * self.shift
+        shift = self.shift.to(batch.dtype)
         if not torch.isfinite(batch_sum).all():  # any NaN or Inf in the batch reaches its sum
             msg = f"{batch_name}: embeddings contain NaN or Inf; refusing to fit on them"
             raise ValueError(msg)
         if self._pending is None or self._pending[0].dtype != batch.dtype:
             self.flush()
             self._pending = (
-                centered.new_zeros(n_positions, n_channels),
-                centered.new_zeros(n_positions, n_channels, n_channels),
+                batch.new_zeros(n_positions, n_channels),
+                batch.new_zeros(n_positions, n_channels, n_channels),
             )
         pending_sum, pending_scatter = self._pending
-        pending_scatter.baddbmm_(centered.transpose(1, 2), centered)
+        for start in range(0, n_positions, POSITION_CHUNK):
+            stop = start + POSITION_CHUNK
+            centered = batch[start:stop] - shift[start:stop].unsqueeze(1)
+            pending_scatter[start:stop].baddbmm_(centered.transpose(1, 2), centered)
         pending_sum.add_(batch_sum)
         self.count += n_batch
         self._pending_batches += 1
@@ -282,6 +290,10 @@ def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, whitening: torch.Te
     factor, so that d(x) = ||(x - mean) @ whitening||. Returns (B, H, W).
     """
     n_batch, _, height, width = embedding.shape
-    delta = positions_first(embedding) - mean.unsqueeze(1)  # (P, B, C)
-    distance = torch.bmm(delta, whitening).square().sum(dim=-1).sqrt()  # (P, B)
+    embedding = positions_first(embedding)  # (P, B, C)
+    distance = embedding.new_empty(embedding.shape[0], n_batch)
+    for start in range(0, embedding.shape[0], POSITION_CHUNK):
+        stop = start + POSITION_CHUNK
+        delta = embedding[start:stop] - mean[start:stop].unsqueeze(1)
+        distance[start:stop] = torch.bmm(delta, whitening[start:stop]).square_().sum(dim=-1).sqrt_()
     return distance.transpose(0, 1).reshape(n_batch, height, width)

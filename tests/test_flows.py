@@ -123,10 +123,23 @@ def test_champion_loads_and_scores_in_a_fresh_process(first_run: Path, tmp_path:
     assert output["map_shape"] == [8, 64, 64]
 
 
+def fit_states() -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="fit and evaluate"))
+        )
+    return [run.state.name for run in runs]
+
+
 def test_unchanged_rerun_is_cached_and_leaves_champions_alone(first_run: Path) -> None:
     registry = Registry(first_run)
     before = {line: versions(registry, line) for line in ("alpha", "beta")}
+    cached_before = fit_states().count("Cached")
     assert retrain(first_run, "alpha", "beta") == 0
+    assert fit_states().count("Cached") == cached_before + 2  # Prefect reused both fits
     assert {line: versions(registry, line) for line in ("alpha", "beta")} == before
     assert str(registry.champion("alpha").version) == "1"
 
