@@ -190,8 +190,16 @@ def _rollback(args: argparse.Namespace) -> None:
 
 
 def _schedule(args: argparse.Namespace) -> None:
+    from prefect.settings import PREFECT_API_URL
+
     from .retrain import retrain
 
+    if not PREFECT_API_URL.value():
+        msg = (
+            "scheduling needs a Prefect server (the ephemeral one runs no scheduler): run"
+            " 'prefect server start' and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+        raise RuntimeError(msg)
     retrain.serve(name=args.name, cron=args.cron, parameters={"root": str(args.root.resolve())})
 
 
