@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,3 @@ def _number(value: float | None) -> str:
 
 def _format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items()))
-
-
-def as_dicts(results: list[LineResult]) -> list[dict[str, Any]]:
-    return [asdict(result) for result in results]

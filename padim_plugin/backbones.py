@@ -22,8 +22,6 @@ DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
     "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
 }
 RESNET_LAYERS = ("layer1", "layer2", "layer3")
-# channel subset sizes used in the PaDiM paper
-PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 
 
 class WeightsUnavailableError(RuntimeError):
