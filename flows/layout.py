@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from padim_plugin.mvtec import IMAGE_EXTENSIONS, NORMAL, is_image
+from padim_plugin.mvtec import NORMAL, is_image, mask_candidates
 
 from .validation import DataValidationError
 
@@ -81,12 +81,9 @@ def _defects_by_kind(defects: Path) -> dict[str, list[Path]]:
 
 
 def _find_source_mask(masks: Path, kind: str, stem: str) -> Path | None:
-    for folder in (masks / kind, masks):
-        for name in (f"{stem}_mask", stem):
-            for extension in IMAGE_EXTENSIONS:
-                if (folder / f"{name}{extension}").is_file():
-                    return folder / f"{name}{extension}"
-    return None
+    """A mask in ``masks/<kind>/`` or directly in ``masks/``."""
+    candidates = mask_candidates(masks / kind, stem) + mask_candidates(masks, stem)
+    return candidates[0] if candidates else None
 
 
 def _copy(file: Path, folder: Path, name: str | None = None) -> str:

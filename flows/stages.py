@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix=f"padim-{args.line}-") as work:
         if args.stage == "fit":
             from .train import fit_line, save_model
+            from .validation import validate_line
 
+            validate_line(data, params.data.min_train_images)  # never fit on invalid data
             save_model(fit_line(params, data, Path(work)), model_path)
         else:
             from .evaluate import evaluate, write_metrics

@@ -15,7 +15,6 @@ from padim_plugin import StreamingPadim
 from padim_plugin.datamodule import MVTecLayout
 
 from .config import LineParams
-from .validation import validate_line
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +53,11 @@ def engine(work_dir: Path):  # noqa: ANN201  # anomalib.engine.Engine, imported 
 
 
 def fit_line(params: LineParams, data_path: Path, work_dir: Path) -> StreamingPadim:
-    """Validate the data, fit on train/good, pick the threshold on the test split.
+    """Fit on train/good and pick the threshold on the test split (callers validate the data first).
 
     The fitted model keeps the mean and whitening factor it scores with and drops the streamed
     statistics (they are only needed to keep fitting), so the saved model stays small.
     """
-    validate_line(data_path, params.data.min_train_images)
     model = build_model(params)
     work_dir.mkdir(parents=True, exist_ok=True)
     engine(work_dir).fit(model=model, datamodule=build_datamodule(params, data_path))

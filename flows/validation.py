@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from padim_plugin.mvtec import IMAGE_EXTENSIONS, NORMAL, find_mask, is_image
+from padim_plugin.mvtec import IMAGE_EXTENSIONS, NORMAL, is_image, mask_candidates
 
 LINE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 # Masks are black (0) with white (255) defects. Resized or antialiased masks carry grey edge pixels
@@ -126,13 +126,12 @@ def _decoded_size(image: Path, problems: list[str]) -> tuple[int, int] | None:
 
 
 def _mask_problems(root: Path, defect: str, image: Path, size: tuple[int, int] | None) -> list[str]:
-    candidates = _mask_candidates(root, defect, image.stem)
+    candidates = mask_candidates(root / "ground_truth" / defect, image.stem)
     if not candidates:
         return [f"{image}: no mask in {root / 'ground_truth' / defect} (expected {image.stem}_mask.png)"]
     if len(candidates) > 1:
         return [f"{image}: {len(candidates)} masks ({', '.join(c.name for c in candidates)}), expected one"]
-    mask = find_mask(root, defect, image.stem)
-    assert mask is not None
+    mask = candidates[0]
     try:
         with Image.open(mask) as opened:
             pixels = np.asarray(opened.convert("L"))
@@ -148,12 +147,6 @@ def _mask_problems(root: Path, defect: str, image: Path, size: tuple[int, int] |
             f"{mask}: not binary ({grey:.0%} grey pixels); masks are 0 background, 255 defect"
         )
     return problems
-
-
-def _mask_candidates(root: Path, defect: str, stem: str) -> list[Path]:
-    folder = root / "ground_truth" / defect
-    names = {f"{stem}_mask", stem}
-    return [p for p in _images(folder) if p.stem in names]
 
 
 def _orphan_masks(root: Path) -> list[str]:

@@ -19,15 +19,20 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def mask_candidates(folder: Path, stem: str) -> list[Path]:
+    """Masks in ``folder`` named for image ``stem``: ``<stem>_mask.<ext>`` first, then ``<stem>.<ext>``."""
+    return [
+        folder / f"{name}{extension}"
+        for name in (f"{stem}_mask", stem)
+        for extension in IMAGE_EXTENSIONS
+        if (folder / f"{name}{extension}").is_file()
+    ]
+
+
 def find_mask(root: Path, defect: str, stem: str) -> Path | None:
     """The ground-truth mask of ``test/<defect>/<stem>.*``, or None."""
-    folder = root / "ground_truth" / defect
-    for name in (f"{stem}_mask", stem):
-        for extension in IMAGE_EXTENSIONS:
-            candidate = folder / f"{name}{extension}"
-            if candidate.is_file():
-                return candidate
-    return None
+    candidates = mask_candidates(root / "ground_truth" / defect, stem)
+    return candidates[0] if candidates else None
 
 
 def mvtec_samples(root: str | Path, split: str | None = None) -> DataFrame:
