@@ -10,6 +10,11 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import DataParams
+    from .layout import StagingReport
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\.")
 # the embedded Prefect server must not try to phone home from machines without internet
@@ -37,14 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="version product-line data with DVC").add_subparsers(
         title="data commands")
-    add = data.add_parser("add", help="validate, version and push a product line's images")
+    add = data.add_parser("add", help="validate, version and push a product line's images",
+                          description="Roles (train, validation, test) follow data.split in params.yaml.")
     add.add_argument("line", help="product line name (letters, digits, '_', '-')")
     add.add_argument("path", type=Path, nargs="?", help="a folder in MVTec AD layout")
     add.add_argument("--normal", type=Path, help="folder of normal images (instead of PATH)")
     add.add_argument("--defects", type=Path, help="folder of defect images, flat or one folder per kind")
-    add.add_argument("--masks", type=Path, help="folder of masks named <stem>_mask.* or <stem>.*")
-    add.add_argument("--train-frac", type=float, help="share of normal images for training")
-    add.add_argument("--seed", type=int, help="seed of the train/test split")
+    add.add_argument("--masks", type=Path, help="optional masks named <stem>_mask.* or <stem>.*")
+    add.add_argument("--append", action="store_true",
+                     help="new version = the current one plus these images (existing roles kept)")
+    add.add_argument("--replace", action="store_true",
+                     help="with --append: an image whose label/name exists with other content replaces it")
     add.add_argument("--no-commit", action="store_true", help="leave the .dvc pointer uncommitted")
     add.set_defaults(run=_data_add)
     demo = data.add_parser("demo", help="generate and add the three demo product lines")
@@ -52,11 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser("validate", help="check a folder without adding it")
     check.add_argument("path", type=Path)
     check.add_argument("--min-train", type=int, default=1)
+    check.add_argument("--min-validation", type=int, default=0)
     check.set_defaults(run=_data_validate)
     pull = data.add_parser("pull", help="materialise a line's data at a git revision")
     pull.add_argument("line")
     pull.add_argument("--rev", help="git revision (default HEAD)")
     pull.set_defaults(run=_data_pull)
+    diff = data.add_parser("diff", help="images added, removed, changed per role between two versions")
+    diff.add_argument("line")
+    diff.add_argument("rev_a", help="git revision of the older version")
+    diff.add_argument("rev_b", nargs="?", default="HEAD", help="git revision of the newer (default HEAD)")
+    diff.set_defaults(run=_data_diff)
     retrain = commands.add_parser("retrain", help="retrain product lines (all in params.yaml by default)")
     retrain.add_argument("lines", nargs="*", help="product lines (default: all)")
     retrain.add_argument("--rev", help="git revision of the data (default HEAD)")
@@ -93,30 +107,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_add(args: argparse.Namespace) -> None:
     from .config import load_params
-    from .layout import stage_mvtec_folder, stage_separate_folders
+    from .data import DataStore
+    from .layout import from_mvtec_folder, from_separate_folders, stage
 
     params = load_params(args.root / "params.yaml").line_or_defaults(args.line)
-    if (args.path is None) == (args.normal is None):
-        raise ValueError("give either PATH (MVTec layout) or --normal [--defects --masks], not both")
-    fraction = args.train_frac if args.train_frac is not None else params.data.train_fraction
-    seed = args.seed if args.seed is not None else params.data.split_seed
-
-    def stage(staging: Path) -> dict[str, str]:
-        if args.path is not None:
-            return stage_mvtec_folder(args.path, staging)
-        return stage_separate_folders(args.normal, args.defects, args.masks, staging, fraction, seed)
-
-    _add_line(args.root, args.line, stage, params.data.min_train_images, commit=not args.no_commit)
+    if (args.path is None) == (args.normal is None and args.defects is None):
+        raise ValueError("give either PATH (MVTec layout) or --normal/--defects [--masks], not both")
+    if args.replace and not args.append:
+        raise ValueError("--replace goes with --append: a plain add replaces the whole line anyway")
+    previous = DataStore(args.root).pull(args.line).path if args.append else None
+    if args.path is not None:
+        incoming = from_mvtec_folder(args.path, params.data.split)
+    else:
+        incoming = from_separate_folders(args.normal, args.defects, args.masks, params.data.split)
+    _add_line(args.root, args.line, lambda staging: stage(incoming, staging, previous, args.replace),
+              params.data, commit=not args.no_commit)
 
 
 def _data_demo(args: argparse.Namespace) -> None:
     from .config import load_params
-    from .demo_data import DEMO_LINES, generate_line
+    from .demo_data import DEMO_LINES, UNMASKED_LINES, generate_line
+    from .layout import from_separate_folders, stage
 
     params = load_params(args.root / "params.yaml")
-    for line in DEMO_LINES:
-        _add_line(args.root, line, lambda staging, line=line: {str(generate_line(line, staging)): line},
-                  params.line_or_defaults(line).data.min_train_images, commit=True)
+    with tempfile.TemporaryDirectory(prefix="padim-demo-") as sources:
+        for line in DEMO_LINES:
+            folders = generate_line(line, Path(sources) / line, masks=line not in UNMASKED_LINES)
+            data = params.line_or_defaults(line).data
+            incoming = from_separate_folders(folders.normal, folders.defects, folders.masks, data.split)
+            _add_line(args.root, line, lambda staging, incoming=incoming: stage(incoming, staging), data,
+                      commit=True)
 
 
 def _retrain(args: argparse.Namespace) -> int:
@@ -203,13 +223,12 @@ def _schedule(args: argparse.Namespace) -> None:
     retrain.serve(name=args.name, cron=args.cron, parameters={"root": str(args.root.resolve())})
 
 
-def _add_line(
-    root: Path, line: str, stage: Callable[[Path], dict[str, str]], min_train: int, commit: bool
-) -> None:
+def _add_line(root: Path, line: str, stage: Callable[[Path], StagingReport], data: DataParams,
+              commit: bool) -> None:
     """Stage into a scratch folder beside data/, then hand it to the DataStore.
 
-    ``stage`` fills the folder it is given and returns {staged path: source path}, so that
-    validation problems name the user's files rather than the scratch copies.
+    ``stage`` fills the folder it is given and reports what it did, with {staged path: source path}
+    so that validation problems name the user's files rather than the scratch copies.
     """
     from .config import register_line
     from .data import DataStore, summary
@@ -223,9 +242,11 @@ def _add_line(
     original_params = params.read_text()
     sources: dict[str, str] = {}
     try:
-        sources = stage(scratch / line)
+        report = stage(scratch / line)
+        sources = report.sources | {str(scratch / line): f"new version of {line}"}
         registered = register_line(params, line)  # committed with the data, undone if it fails
-        version = store.add(line, scratch / line, min_train_images=min_train, commit=commit,
+        version = store.add(line, scratch / line, min_train_images=data.min_train_images,
+                            min_validation_images=data.min_validation_images, commit=commit,
                             also_commit=(params,) if registered else ())
     except DataValidationError as error:
         params.write_text(original_params)
@@ -235,14 +256,27 @@ def _add_line(
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"added {summary(version)}")
+    print(f"{report.summary()}\nnow {summary(version)}")
 
 
 def _data_validate(args: argparse.Namespace) -> None:
     from .validation import describe, validate_line
 
-    validate_line(args.path, args.min_train)
+    validate_line(args.path, args.min_train, args.min_validation)
     print(f"{args.path}: valid ({describe(args.path)})")
+
+
+def _data_diff(args: argparse.Namespace) -> None:
+    from .data import DataStore
+    from .roles import diff_versions
+
+    store = DataStore(args.root)
+    rows = diff_versions(store.file_digests(args.line, args.rev_a), store.file_digests(args.line, args.rev_b))
+    columns = ("added", "removed", "changed", "moved")
+    print(f"{args.line}: {args.rev_a} -> {args.rev_b}")
+    print(f"{'role':<12}" + "".join(f"{name:>9}" for name in columns))
+    for role, counts in rows.items():
+        print(f"{role:<12}" + "".join(f"{counts[name]:>9}" for name in columns))
 
 
 def _data_pull(args: argparse.Namespace) -> None:

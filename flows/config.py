@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .validation import check_line_name
 
-METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")
+# Every metric flows.evaluate logs (test split, at the validation threshold): gates may name any.
+METRICS = (
+    "image_auroc", "image_f1", "image_precision", "image_recall", "test_normal_fpr",
+    "test_normal_score_q50", "test_normal_score_q95", "test_normal_score_q99",
+    "pixel_auroc", "pixel_aupro",
+    "train_images", "validation_normal_images", "validation_defect_images", "test_normal_images",
+    "test_defect_images", "pixel_eval_images", "pixel_eval_defect_images",
+)
 
 
 class _Strict(BaseModel):
@@ -30,27 +37,52 @@ class ModelParams(_Strict):
     epsilon: float = Field(0.01, gt=0)
 
 
+class SplitParams(_Strict):
+    """Shares of the roles an image gets when it enters a line (flows.roles): normal images go to
+    train, validation or test (the rest); defect images to validation or test (the rest)."""
+
+    seed: int = 0
+    train: float = Field(0.7, gt=0, lt=1)
+    validation: float = Field(0.1, gt=0, lt=1)
+    defect_validation: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _leaves_a_test_share(self) -> SplitParams:
+        if self.train + self.validation >= 1:
+            msg = (f"split.train + split.validation = {self.train + self.validation:g} leaves no normal"
+                   " images for test; keep their sum below 1")
+            raise ValueError(msg)
+        return self
+
+
 class DataParams(_Strict):
     image_size: int = Field(256, ge=32)
     train_batch_size: int = Field(32, gt=0)
     eval_batch_size: int = Field(32, gt=0)
     num_workers: int = Field(0, ge=0)
     min_train_images: int = Field(10, ge=2)
-    train_fraction: float = Field(0.8, gt=0, lt=1)
-    split_seed: int = 0
+    min_validation_images: int = Field(5, ge=1)
+    split: SplitParams = SplitParams()
+
+
+class ThresholdParams(_Strict):
+    """How the image and pixel thresholds are chosen, on the validation split only."""
+
+    normal_quantile: float = Field(0.995, gt=0, lt=1)  # rule when validation has no defects
 
 
 class GateParams(_Strict):
-    floors: dict[str, float] = {"image_auroc": 0.7, "pixel_auroc": 0.7}
+    floors: dict[str, float] = {}     # metric >= value
+    ceilings: dict[str, float] = {}   # metric <= value
     max_drop: float = Field(0.01, ge=0)
 
-    @field_validator("floors")
+    @field_validator("floors", "ceilings")
     @classmethod
-    def _known_metrics(cls, floors: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(floors) - set(METRICS))
+    def _known_metrics(cls, bounds: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(bounds) - set(METRICS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; gates can use {list(METRICS)}")
-        return floors
+        return bounds
 
 
 class LineParams(_Strict):
@@ -59,6 +91,7 @@ class LineParams(_Strict):
     name: str
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
+    thresholds: ThresholdParams = ThresholdParams()
     gates: GateParams = GateParams()
 
     @field_validator("name")
@@ -98,6 +131,8 @@ def load_params(path: str | Path = "params.yaml") -> ProjectParams:
     lines = {}
     for name, overrides in (raw.get("lines") or {}).items():
         merged = _deep_merge(defaults, overrides or {})
+        if "gates" in (overrides or {}):
+            merged["gates"] = overrides["gates"]  # a line's own gates are its whole policy
         try:
             lines[name] = LineParams(name=name, **merged)
         except (ValidationError, TypeError) as error:

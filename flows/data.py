@@ -8,6 +8,7 @@ read-only snapshot keyed by that md5, so flows on different revisions never step
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -71,6 +72,7 @@ class DataStore:
         line: str,
         staged: Path,
         min_train_images: int = 1,
+        min_validation_images: int = 0,
         commit: bool = True,
         also_commit: tuple[Path, ...] = (),
     ) -> DataVersion:
@@ -79,7 +81,7 @@ class DataStore:
         The previous folder is kept aside until the new version is safely in the DVC cache, and put
         back if anything fails before that.
         """
-        validate_line(staged, min_train_images)
+        validate_line(staged, min_train_images, min_validation_images)
         target = self.line_dir(line)
         target.parent.mkdir(exist_ok=True)
         backup = target.with_name(f".{line}.previous")
@@ -140,6 +142,15 @@ class DataStore:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return DataVersion(line, snapshot, md5, rev)
+
+    def file_digests(self, line: str, rev: str | None = None) -> dict[str, str]:
+        """{path within the line: md5 of its content} of the version at ``rev``, for diffs."""
+        version = self.pull(line, rev)
+        return {
+            path.relative_to(version.path).as_posix(): hashlib.md5(path.read_bytes(),
+                                                                   usedforsecurity=False).hexdigest()
+            for path in sorted(version.path.rglob("*")) if path.is_file()
+        }
 
     def lines(self, rev: str | None = None) -> list[str]:
         """Product lines with a data pointer in the workspace or at a revision."""

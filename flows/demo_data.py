@@ -1,8 +1,10 @@
 """Deterministic demo product lines cut from scikit-image's bundled texture photographs.
 
 Normal images are random crops with mild photometric jitter; defects are painted onto crops with
-exact masks: a scratch, a stain, a missing chunk, and a foreign patch of another texture. Sizes are
-small so that the whole demo fits and evaluates three lines in minutes on two CPU cores.
+exact masks: a scratch, a stain, a missing chunk, and a foreign patch of another texture. Each line
+arrives as a real line's data does, in separate folders (normal/, defects/<kind>/, masks/<kind>/);
+one line comes without masks, labelled per image only. Sizes are small so that the whole demo
+fits and evaluates three lines in minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -20,32 +22,43 @@ DEMO_LINES: dict[str, Callable[[], np.ndarray]] = {
     "grass": textures.grass,
     "gravel": textures.gravel,
 }
+UNMASKED_LINES = ("gravel",)  # inspected per image: no pixel masks
 DEFECT_KINDS = ("scratch", "stain", "missing", "foreign")
 
 
 @dataclass(frozen=True)
 class DemoSize:
     image: int = 128
-    train: int = 60
-    test_good: int = 16
-    per_defect: int = 6
+    normal: int = 90
+    per_defect: int = 8
 
 
-def generate_line(line: str, out: Path, size: DemoSize = DemoSize(), seed: int = 0) -> Path:
-    """Write one demo line in MVTec layout under ``out`` and return it."""
+@dataclass(frozen=True)
+class DemoFolders:
+    """Where one demo line's images were written, as ``data add --normal/--defects/--masks`` takes them."""
+
+    normal: Path
+    defects: Path
+    masks: Path | None
+
+
+def generate_line(line: str, out: Path, size: DemoSize = DemoSize(), seed: int = 0,
+                  masks: bool = True) -> DemoFolders:
+    """Write one demo line's normal images, defect images and (if ``masks``) masks under ``out``."""
     texture = DEMO_LINES[line]().astype(np.float32)
     other = DEMO_LINES[_other_line(line)]().astype(np.float32)
     rng = np.random.default_rng([seed, sorted(DEMO_LINES).index(line)])
-    for split, count in (("train", size.train), ("test", size.test_good)):
-        for index in range(count):
-            _save(_normal(texture, size.image, rng), out / split / "good" / f"{index:03d}.png")
+    folders = DemoFolders(out / "normal", out / "defects", out / "masks" if masks else None)
+    for index in range(size.normal):
+        _save(_normal(texture, size.image, rng), folders.normal / f"{index:03d}.png")
     for kind in DEFECT_KINDS:
         for index in range(size.per_defect):
             image = _normal(texture, size.image, rng)
             mask = _paint_defect(kind, image, other, rng)
-            _save(image, out / "test" / kind / f"{index:03d}.png")
-            _save(mask.astype(np.float32) * 255, out / "ground_truth" / kind / f"{index:03d}_mask.png")
-    return out
+            _save(image, folders.defects / kind / f"{kind}{index:03d}.png")
+            if folders.masks is not None:
+                _save(mask.astype(np.float32) * 255, folders.masks / kind / f"{kind}{index:03d}_mask.png")
+    return folders
 
 
 def _other_line(line: str) -> str:

@@ -1,8 +1,11 @@
 """Score a model on a product line's test split: metrics, and the figures a reviewer looks at.
 
-Metrics: image AUROC, pixel AUROC, pixel AUPRO (FPR up to 0.3) on the raw anomaly scores, and
-image F1 at the threshold the model's post-processor chose. Figures: a grid of test images with
-heatmaps and ground-truth outlines, the ROC curve, and score histograms per label.
+Threshold-free metrics (image AUROC; pixel AUROC and AUPRO over FPR up to 0.3, on the test images
+with ground truth) come from raw scores. Thresholded ones use the threshold the model took from
+the validation split: image F1, precision and recall, and the false-positive rate on test normal
+images, with quantiles of their scores. A metric the test split cannot give (no defects, no masks)
+is absent, and ``unavailable`` says why, for the gates to report. Figures: a grid of test images
+with heatmaps and ground-truth outlines, the ROC curve, and score histograms per label.
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-from sklearn.metrics import f1_score, roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from padim_plugin import StreamingPadim
+from padim_plugin.mvtec import mvtec_samples
 
 from .config import LineParams
-from .train import build_datamodule, engine
+from .predictions import Predictions, predict_role
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
+
+NO_DEFECTS = "the test split has no defect images: a normal-only line"
+NO_NORMALS = "the test split has no normal images"
+NO_MASKS = "no test defect image has a mask: the line is labelled per image"
 
 
 @dataclass
@@ -30,6 +38,7 @@ class Evaluation:
     """Test-split outputs of one model on one data version."""
 
     metrics: dict[str, float]
+    unavailable: dict[str, str]  # metric -> why this line's test split cannot give it
     image_paths: list[str]
     labels: np.ndarray
     scores: np.ndarray
@@ -38,46 +47,81 @@ class Evaluation:
 
 def evaluate(model: StreamingPadim, params: LineParams, data_path: Path, work_dir: Path) -> Evaluation:
     """Predict the test split once and compute every metric from those predictions."""
-    from anomalib.metrics.aupro import _AUPRO
-
-    datamodule = build_datamodule(params, data_path)
-    datamodule.setup()
-    # threshold-free metrics need the raw scores: run the model's own post-processor for labels only
-    post_processor, model.post_processor = model.post_processor, None
-    try:
-        batches = engine(work_dir).predict(model=model, dataloaders=datamodule.test_dataloader())
-    finally:
-        model.post_processor = post_processor
-    aupro = _AUPRO(fpr_limit=0.3)
-    labels, scores, predicted, pixel_scores, pixel_labels, paths = [], [], [], [], [], []
-    for batch in batches:
-        labels.append(batch.gt_label.cpu())
-        scores.append(batch.pred_score.flatten().cpu())
-        predicted.append((batch.pred_score.flatten() >= post_processor.image_threshold).cpu())
-        paths += list(batch.image_path)
-        if batch.gt_mask is not None:
-            maps, masks = batch.anomaly_map.squeeze(1).cpu(), batch.gt_mask.squeeze(1).cpu().int()
-            aupro.update(maps, masks)
-            pixel_scores.append(maps[:, ::2, ::2].flatten())  # every 4th pixel keeps memory bounded
-            pixel_labels.append(masks[:, ::2, ::2].flatten())
-    label_array, score_array = torch.cat(labels).numpy(), torch.cat(scores).numpy()
-    metrics = {
-        "image_auroc": _auroc(label_array, score_array),
-        "image_f1": float(f1_score(label_array, torch.cat(predicted).numpy(), zero_division=0)),
-        "image_threshold": float(post_processor.image_threshold),
-    }
-    if pixel_scores and torch.cat(pixel_labels).any():
-        metrics["pixel_auroc"] = _auroc(torch.cat(pixel_labels).numpy(), torch.cat(pixel_scores).numpy())
-        metrics["pixel_aupro"] = float(aupro.compute())
-    evaluation = Evaluation(metrics, paths, label_array, score_array)
-    evaluation.figures = draw_figures(evaluation, batches, work_dir / "figures", metrics["image_threshold"])
+    test = predict_role(model, params, data_path, "test", work_dir)
+    threshold = float(model.post_processor._image_threshold)  # noqa: SLF001  # set by calibration
+    metrics, unavailable = role_counts(data_path), {}
+    for name, value in image_metrics(test.labels, test.scores, threshold).items():
+        if isinstance(value, str):
+            unavailable[name] = value
+        else:
+            metrics[name] = value
+    metrics |= {"pixel_eval_images": int(test.has_ground_truth.sum()),
+                "pixel_eval_defect_images": test.pixel_defect_images}
+    if test.pixel_defect_images and test.pixel_labels.any():
+        metrics["pixel_auroc"] = float(roc_auc_score(test.pixel_labels, test.pixel_scores))
+        metrics["pixel_aupro"] = _aupro(test)
+    else:
+        unavailable |= {"pixel_auroc": NO_MASKS, "pixel_aupro": NO_MASKS}
+    evaluation = Evaluation(metrics, unavailable, test.image_paths, test.labels, test.scores)
+    evaluation.figures = draw_figures(evaluation, test.batches, work_dir / "figures", threshold)
     return evaluation
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    if len(np.unique(labels)) < 2:
-        return float("nan")  # undefined with one class; gates treat NaN as failing
-    return float(roc_auc_score(labels, scores))
+def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | str]:
+    """Image-level test metrics at ``threshold`` (defect when score > threshold); a string value
+    says why that metric cannot be computed on these labels."""
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    predicted = scores > threshold
+    normal, defect = scores[~labels], labels.sum()
+    result: dict[str, float | str] = {}
+    if len(normal):
+        result["test_normal_fpr"] = float(predicted[~labels].mean())
+        for q in (50, 95, 99):
+            result[f"test_normal_score_q{q}"] = float(np.percentile(normal, q))
+    else:
+        result |= dict.fromkeys(("test_normal_fpr", "test_normal_score_q50", "test_normal_score_q95",
+                                 "test_normal_score_q99"), NO_NORMALS)
+    if defect:
+        true_positives = float((predicted & labels).sum())
+        recall = true_positives / defect
+        precision = true_positives / predicted.sum() if predicted.any() else 0.0
+        result["image_recall"], result["image_precision"] = recall, precision
+        result["image_f1"] = 2 * precision * recall / (precision + recall) if true_positives else 0.0
+    else:
+        result |= dict.fromkeys(("image_recall", "image_precision", "image_f1"), NO_DEFECTS)
+    if defect and len(normal):
+        result["image_auroc"] = float(roc_auc_score(labels, scores))
+    else:
+        result["image_auroc"] = NO_DEFECTS if len(normal) else NO_NORMALS
+    return result
+
+
+def role_counts(data_path: Path) -> dict[str, int]:
+    """How many images each role holds, logged beside the metrics they produced."""
+    samples = mvtec_samples(data_path)
+    count = {(split, label): int(((samples.split == split) & (samples.label_index == label)).sum())
+             for split in ("train", "val", "test") for label in (0, 1)}
+    return {
+        "train_images": count["train", 0],
+        "validation_normal_images": count["val", 0],
+        "validation_defect_images": count["val", 1],
+        "test_normal_images": count["test", 0],
+        "test_defect_images": count["test", 1],
+    }
+
+
+def _aupro(test: Predictions) -> float:
+    from anomalib.metrics.aupro import _AUPRO
+
+    aupro = _AUPRO(fpr_limit=0.3)
+    offset = 0
+    for batch in test.batches:
+        known = torch.from_numpy(test.has_ground_truth[offset : offset + len(batch.image_path)])
+        offset += len(batch.image_path)
+        if known.any() and batch.gt_mask is not None:
+            maps, masks = batch.anomaly_map.squeeze(1)[known], batch.gt_mask.squeeze(1)[known]
+            aupro.update(maps.cpu(), masks.cpu().int())
+    return float(aupro.compute())
 
 
 def write_metrics(evaluation: Evaluation, path: Path) -> Path:
@@ -119,11 +163,15 @@ def _heatmap_grid(batches: list, path: Path, columns: int = 6, rows: int = 3) ->
 
 def _roc_figure(evaluation: Evaluation, path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(4, 4))
-    if len(np.unique(evaluation.labels)) == 2:
+    title = "image ROC"
+    if "image_auroc" in evaluation.metrics:
         fpr, tpr, _ = roc_curve(evaluation.labels, evaluation.scores)
         axis.plot(fpr, tpr, label=f"AUROC {evaluation.metrics['image_auroc']:.3f}")
-    axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    axis.set(xlabel="false positive rate", ylabel="true positive rate", title="image ROC")
+    else:
+        title = f"image ROC: none, {evaluation.unavailable['image_auroc']}"
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
+    axis.set(xlabel="false positive rate", ylabel="true positive rate")
+    axis.set_title(title, fontsize=8)
     axis.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=80)

@@ -1,82 +1,204 @@
-"""Bring incoming image folders into MVTec AD layout, in a staging folder, touching nothing else.
+"""Bring incoming images into a line's layout, in a staging folder, touching nothing else.
 
-Two sources are accepted: a folder already in MVTec layout, or separate folders of normal images,
-defect images (flat, or one sub-folder per defect kind) and masks. Normal images of the latter are
-split into train and test by a seeded fraction, so an import is reproducible.
+The stored layout is MVTec AD's plus a ``validation/`` folder: ``<role>/<label>/<file>`` with
+roles train, validation and test (see :mod:`flows.roles`), and optional masks in
+``ground_truth/<kind>/<stem>_mask.<ext>``. Sources:
+
+- a folder in MVTec layout: its ``test/`` stays the test set (published splits stay comparable),
+  its ``train/good`` is shared between train and validation by the stable hash, and a
+  ``validation/`` folder of its own is kept as validation;
+- separate folders of normal images, defect images (flat, or one sub-folder per defect kind) and,
+  optionally, masks: every image gets its role by the stable hash;
+- either of those appended to the previous version: existing images keep their roles.
+
+Identical files (by content) are imported once; the others are reported as skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from padim_plugin.mvtec import NORMAL, ROLE_SPLITS, is_image, mask_candidates
 
-from padim_plugin.mvtec import NORMAL, is_image, mask_candidates
-
-from .validation import DataValidationError
+from .config import SplitParams
+from .roles import Role, assign_fit_role, assign_role, image_key
+from .validation import DataValidationError, orphan_masks, stray_entries
 
 DEFAULT_DEFECT_KIND = "defect"
 
 
-def stage_mvtec_folder(source: Path, staging: Path) -> dict[str, str]:
-    """Copy the train/, test/ and ground_truth/ trees of an MVTec-layout folder (not its README or
-    licence); returns {staged path: source path} for error messages."""
+@dataclass(frozen=True)
+class Incoming:
+    """One image to import, with the role it will have and its mask, if any."""
+
+    source: Path
+    label: str  # "good" or a defect kind
+    role: Role
+    mask: Path | None = None
+
+    @property
+    def key(self) -> str:
+        return image_key(self.label, self.source.name)
+
+
+@dataclass
+class StagingReport:
+    """What an import did, for the user: images added per role, duplicates skipped, replacements."""
+
+    added: Counter = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # staged path -> the user's path
+
+    def summary(self) -> str:
+        added = ", ".join(f"{role} +{count}" for role, count in sorted(self.added.items())) or "nothing"
+        lines = [f"added {added}"]
+        if self.replaced:
+            lines.append(f"replaced {len(self.replaced)}: {', '.join(self.replaced)}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} duplicate(s):")
+            lines += [f"  - {reason}" for reason in self.skipped]
+        return "\n".join(lines)
+
+
+def from_mvtec_folder(source: Path, split: SplitParams) -> list[Incoming]:
+    """The images of an MVTec-layout folder with their roles (see the module docstring)."""
     if not source.is_dir():
         raise FileNotFoundError(f"data folder {source} does not exist")
-    for part in ("train", "test", "ground_truth"):
-        if (source / part).is_dir():
-            shutil.copytree(source / part, staging / part)
-    staging.mkdir(parents=True, exist_ok=True)
-    return {str(staging): str(source)}
-
-
-def stage_separate_folders(
-    normal: Path, defects: Path | None, masks: Path | None, staging: Path, train_fraction: float, seed: int
-) -> dict[str, str]:
-    """Split normal images by ``train_fraction`` (seeded) and pair each defect image with its mask.
-
-    Returns {staged path: source path} for error messages.
-    """
-    if not 0 < train_fraction < 1:
-        raise ValueError(f"train fraction must be between 0 and 1, got {train_fraction}")
-    normals = _images(normal)
-    if not normals:
-        raise DataValidationError(str(normal), [f"{normal}: no normal images found"])
-    order = np.random.default_rng(seed).permutation(len(normals))
-    n_train = max(1, round(train_fraction * len(normals)))
-    sources: dict[str, str] = {}
-    for rank, index in enumerate(order):
-        split = "train" if rank < n_train else "test"
-        sources[_copy(normals[index], staging / split / NORMAL)] = str(normals[index])
-    if defects is None:
-        return sources
-    problems = []
-    for kind, images in _defects_by_kind(defects).items():
-        for image in images:
-            mask = _find_source_mask(masks, kind, image.stem) if masks else None
-            if mask is None:
-                problems.append(f"{image}: no mask named {image.stem}_mask.* or {image.stem}.* in {masks}")
-                continue
-            sources[_copy(image, staging / "test" / kind)] = str(image)
-            mask_name = f"{image.stem}_mask{mask.suffix}"
-            sources[_copy(mask, staging / "ground_truth" / kind, mask_name)] = str(mask)
+    problems = stray_entries(source, top_level=False) + orphan_masks(source)
+    incoming = []
+    for image in _images(source / "train" / NORMAL, required=False):
+        role = assign_fit_role(image_key(NORMAL, image.name), split.seed, split.train, split.validation)
+        incoming.append(Incoming(image, NORMAL, role))
+    for role in ("validation", "test"):
+        for label_dir in _subdirs(source / role):
+            for image in _images(label_dir):
+                masks = mask_candidates(source / "ground_truth" / label_dir.name, image.stem)
+                if label_dir.name == NORMAL:
+                    masks = []
+                if len(masks) > 1:
+                    names = ", ".join(m.name for m in masks)
+                    problems.append(f"{image}: {len(masks)} masks ({names}), expected one")
+                incoming.append(Incoming(image, label_dir.name, role, masks[0] if masks else None))
     if problems:
-        raise DataValidationError(str(defects), problems)
-    return sources
+        raise DataValidationError(str(source), problems)
+    return incoming
 
 
-def _images(folder: Path) -> list[Path]:
+def from_separate_folders(normal: Path | None, defects: Path | None, masks: Path | None,
+                          split: SplitParams) -> list[Incoming]:
+    """Normal and defect images (masks optional), each with its role by the stable hash."""
+    if normal is None and defects is None:
+        raise ValueError("give a folder of normal images (--normal) and/or of defect images (--defects)")
+    incoming = []
+    if normal is not None:
+        images = _images(normal)
+        if not images:
+            raise DataValidationError(str(normal), [f"{normal}: no normal images found"])
+        for image in images:
+            role = assign_role(image_key(NORMAL, image.name), False, split.seed, split.train,
+                               split.validation, split.defect_validation)
+            incoming.append(Incoming(image, NORMAL, role))
+    if masks is not None and not masks.is_dir():
+        raise FileNotFoundError(f"mask folder {masks} does not exist")
+    for kind, images in (_defects_by_kind(defects) if defects is not None else {}).items():
+        for image in images:
+            role = assign_role(image_key(kind, image.name), True, split.seed, split.train,
+                               split.validation, split.defect_validation)
+            mask = _find_source_mask(masks, kind, image.stem) if masks is not None else None
+            incoming.append(Incoming(image, kind, role, mask))
+    return incoming
+
+
+def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,
+          replace: bool = False) -> StagingReport:
+    """Write ``previous`` (a line's current version, if appending) plus ``incoming`` to ``staging``.
+
+    A new image whose key (label/name) exists with other content is an error unless ``replace``
+    (then it replaces that file in its role); identical content, under any name, is skipped.
+    """
+    report = StagingReport()
+    staging.mkdir(parents=True, exist_ok=True)
+    existing: dict[str, list[Path]] = {}  # key -> stored files
+    by_content: dict[str, str] = {}  # content digest -> what holds it
+    if previous is not None:
+        shutil.copytree(previous, staging, dirs_exist_ok=True, copy_function=shutil.copyfile)
+        for role in ROLE_SPLITS:
+            for label_dir in _subdirs(staging / role):
+                for stored in _images(label_dir):
+                    existing.setdefault(image_key(label_dir.name, stored.name), []).append(stored)
+                    by_content.setdefault(_digest(stored), f"{role}/{label_dir.name}/{stored.name}")
+    problems = []
+    for item in incoming:
+        digest = _digest(item.source)
+        stored = existing.get(item.key, [])
+        same = [path for path in stored if _digest(path) == digest]
+        if same:
+            report.skipped.append(f"{item.source}: already in the line as {_relative(same[0], staging)}")
+            continue
+        if stored and not replace:
+            where = ", ".join(_relative(path, staging) for path in stored)
+            problems.append(f"{item.source}: {where} exists with other content (--replace replaces it)")
+            continue
+        if stored and len(stored) > 1:
+            where = ", ".join(_relative(path, staging) for path in stored)
+            problems.append(f"{item.source}: {item.key} is ambiguous ({where}); cannot replace")
+            continue
+        if not stored and digest in by_content:
+            report.skipped.append(f"{item.source}: same content as {by_content[digest]}")
+            continue
+        role = _relative(stored[0], staging).split("/")[0] if stored else item.role
+        target = _copy(item.source, staging / role / item.label)
+        report.sources[target] = str(item.source)
+        by_content[digest] = f"{role}/{item.key}"
+        if stored:
+            report.replaced.append(_relative(stored[0], staging))
+            for old_mask in mask_candidates(staging / "ground_truth" / item.label, item.source.stem):
+                old_mask.unlink()
+        else:
+            report.added[role] += 1
+        if item.mask is not None:
+            mask_name = f"{item.source.stem}_mask{item.mask.suffix}"
+            staged_mask = _copy(item.mask, staging / "ground_truth" / item.label, mask_name)
+            report.sources[staged_mask] = str(item.mask)
+    if problems:
+        raise DataValidationError(str(staging), problems)
+    return report
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def _images(folder: Path, required: bool = True) -> list[Path]:
     if not folder.is_dir():
+        if not required:
+            return []
         raise FileNotFoundError(f"image folder {folder} does not exist")
     return sorted(p for p in folder.iterdir() if is_image(p))
 
 
 def _defects_by_kind(defects: Path) -> dict[str, list[Path]]:
-    kinds = {d.name: _images(d) for d in sorted(defects.iterdir()) if d.is_dir()} if defects.is_dir() else {}
+    if not defects.is_dir():
+        raise FileNotFoundError(f"image folder {defects} does not exist")
+    kinds = {d.name: _images(d) for d in _subdirs(defects)}
     flat = _images(defects)
     if flat:
         kinds[DEFAULT_DEFECT_KIND] = kinds.get(DEFAULT_DEFECT_KIND, []) + flat
+    if NORMAL in kinds:
+        raise ValueError(f"{defects / NORMAL}: '{NORMAL}' is the normal label, not a defect kind")
     return kinds
 
 
@@ -89,5 +211,5 @@ def _find_source_mask(masks: Path, kind: str, stem: str) -> Path | None:
 def _copy(file: Path, folder: Path, name: str | None = None) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / (name or file.name)
-    shutil.copy2(file, target)
+    shutil.copyfile(file, target)
     return str(target)

@@ -105,13 +105,16 @@ class Registry:
         params: LineParams,
         data: DataVersion,
         metrics: dict[str, float],
+        unavailable: dict[str, str],
+        calibration: dict[str, float | str],
         model_path: Path,
         figures: dict[str, Path],
         cache_key: str,
         code_version: str,
     ) -> Candidate:
-        """Log a run (params, metrics, lineage tags, figures, pyfunc model) and register it as
-        ``@challenger``. Idempotent: a fit already registered under ``cache_key`` is returned."""
+        """Log a run (params with the validation calibration, metrics with the reasons any are
+        missing, lineage tags, figures, pyfunc model) and register it as ``@challenger``.
+        Idempotent: a fit already registered under ``cache_key`` is returned."""
         line = params.name
         existing = self.find_by_cache_key(line, cache_key)
         if existing is not None:
@@ -120,10 +123,10 @@ class Registry:
         tags = self._lineage_tags(data, cache_key, code_version)
         run_name = f"{line}-{data.md5[:8]}"
         with mlflow.start_run(experiment_id=self._experiment(line), run_name=run_name) as run:
-            mlflow.log_params(params.flat())
+            mlflow.log_params(params.flat() | calibration)
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
             mlflow.set_tags(tags)
-            mlflow.log_dict(metrics, "metrics.json")
+            mlflow.log_dict({"metrics": metrics, "unavailable": unavailable}, "metrics.json")
             for figure in figures.values():
                 mlflow.log_artifact(str(figure), "figures")
             info = mlflow.pyfunc.log_model(

@@ -39,6 +39,8 @@ class TrainedModel:
     cache_key: str
     model_path: str
     metrics: dict[str, float]
+    unavailable: dict[str, str]  # metric -> why the test split cannot give it
+    calibration: dict[str, float | str]  # thresholds and normalisation, from validation only
     figures: dict[str, str]
 
 
@@ -82,7 +84,7 @@ def pull_data(root: Path, line: str, rev: str | None) -> DataVersion:
 
 @task(name="validate data", cache_policy=NO_CACHE)
 def validate_data(data: DataVersion, params: LineParams) -> None:
-    validate_line(data.path, params.data.min_train_images)
+    validate_line(data.path, params.data.min_train_images, params.data.min_validation_images)
 
 
 @task(
@@ -98,19 +100,21 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
     work = root / RUNS / key
     logger = get_run_logger()
     logger.info("%s: fitting %s on %s", params.name, params.model.backbone, data.path)
-    model = fit_line(params, data.path, work)
+    model, calibration = fit_line(params, data.path, work)
     model_path = save_model(model, work / "model.pt")
     evaluation = evaluate(model, params, data.path, work)
     write_metrics(evaluation, work / "metrics.json")
-    logger.info("%s: %s", params.name, _format_metrics(evaluation.metrics))
-    return TrainedModel(key, str(model_path), evaluation.metrics,
+    logger.info("%s: threshold %s; %s", params.name, calibration.image_rule,
+                _format_metrics(evaluation.metrics))
+    return TrainedModel(key, str(model_path), evaluation.metrics, evaluation.unavailable,
+                        calibration.as_params(),
                         {name: str(path) for name, path in evaluation.figures.items()})
 
 
 @task(name="register candidate", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
 def register_candidate(root: Path, params: LineParams, data: DataVersion, trained: TrainedModel) -> Candidate:
     return Registry(root).log_candidate(
-        params, data, trained.metrics, Path(trained.model_path),
+        params, data, trained.metrics, trained.unavailable, trained.calibration, Path(trained.model_path),
         {name: Path(path) for name, path in trained.figures.items()}, trained.cache_key,
         code_version(),
     )
@@ -157,7 +161,7 @@ def retrain_product_line(line: str, rev: str | None = None, root: str = ".") -> 
     else:
         champion = champion_scores(project, params, data, candidate.version)
         decision = decide(trained.metrics, champion[1] if champion else None, params.gates,
-                          champion[0] if champion else None)
+                          champion[0] if champion else None, trained.unavailable)
         apply_decision(project, line, candidate.version, decision)
     result = LineResult(line, data.md5, trained.metrics, candidate.version,
                         "champion" if decision.promote else "challenger", decision.reason)
@@ -166,7 +170,7 @@ def retrain_product_line(line: str, rev: str | None = None, root: str = ".") -> 
 
 
 def publish_report(result: LineResult, run_link: str, uri: str) -> None:
-    metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(result.metrics.items()))
+    metrics = "\n".join(f"| {name} | {value:.4g} |" for name, value in sorted(result.metrics.items()))
     create_markdown_artifact(
         key=f"retrain-{result.line.lower().replace('_', '-')}",
         description=f"retrain {result.line}",
@@ -212,14 +216,14 @@ def run_retrain(lines: list[str] | None = None, rev: str | None = None, root: st
 
 
 def summary_table(results: list[LineResult]) -> str:
-    header = ("| line | data version | image AUROC | pixel AUROC | pixel AUPRO | image F1 | version"
-              " | decision |")
-    rows = [header, "|" + "---|" * 8]
+    header = ("| line | data version | image AUROC | pixel AUROC | pixel AUPRO | test F1 | test normal FPR"
+              " | version | decision |")
+    rows = [header, "|" + "---|" * 9]
     for r in results:
         if r.error:
-            rows.append(f"| {r.line} | | | | | | | FAILED: {' '.join(r.error.split())} |")
+            rows.append(f"| {r.line} | | | | | | | | FAILED: {' '.join(r.error.split())} |")
             continue
-        names = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")
+        names = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1", "test_normal_fpr")
         values = [_number(r.metrics.get(name)) for name in names]
         rows.append(f"| {r.line} | {r.data_version[:12]} | {' | '.join(values)} | v{r.model_version}"
                     f" | {r.decision}: {r.reason} |")

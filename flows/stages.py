@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> None:
             from .train import fit_line, save_model
             from .validation import validate_line
 
-            validate_line(data, params.data.min_train_images)  # never fit on invalid data
-            save_model(fit_line(params, data, Path(work)), model_path)
+            # never fit on invalid data
+            validate_line(data, params.data.min_train_images, params.data.min_validation_images)
+            model, _ = fit_line(params, data, Path(work))
+            save_model(model, model_path)
         else:
             from .evaluate import evaluate, write_metrics
             from .train import load_model

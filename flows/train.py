@@ -15,6 +15,7 @@ from padim_plugin import StreamingPadim
 from padim_plugin.datamodule import MVTecLayout
 
 from .config import LineParams
+from .thresholds import Calibration, calibrate
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def build_datamodule(params: LineParams, data_path: Path) -> MVTecLayout:
         train_batch_size=data.train_batch_size,
         eval_batch_size=data.eval_batch_size,
         num_workers=data.num_workers,
+        val_split_mode="from_dir",  # thresholds come from validation/, never from the test split
     )
 
 
@@ -52,18 +54,42 @@ def engine(work_dir: Path):  # noqa: ANN201  # anomalib.engine.Engine, imported 
     return Engine(accelerator="auto", devices=1, default_root_dir=work_dir, barebones=True)
 
 
-def fit_line(params: LineParams, data_path: Path, work_dir: Path) -> StreamingPadim:
-    """Fit on train/good and pick the threshold on the test split (callers validate the data first).
+def fit_line(params: LineParams, data_path: Path, work_dir: Path) -> tuple[StreamingPadim, Calibration]:
+    """Fit on the train role, then set threshold and normalisation from the validation role only
+    (callers validate the data first). The test role is never read here.
 
     The fitted model keeps the mean and whitening factor it scores with and drops the streamed
     statistics (they are only needed to keep fitting), so the saved model stays small.
     """
+    from .predictions import predict_role
+
     model = build_model(params)
     work_dir.mkdir(parents=True, exist_ok=True)
-    engine(work_dir).fit(model=model, datamodule=build_datamodule(params, data_path))
+    datamodule = build_datamodule(params, data_path)
+    datamodule.setup()
+    engine(work_dir).fit(model=model, train_dataloaders=datamodule.train_dataloader())
     logger.info("%s: fitted on %d images", params.name, model.model.gaussian.n_samples)
     model.model.gaussian.reset()
-    return model
+    validation = predict_role(model, params, data_path, "validation", work_dir)
+    calibration = calibrate(validation.labels, validation.scores, validation.pixel_labels,
+                            validation.pixel_scores, validation.map_range, params.thresholds.normal_quantile)
+    apply_calibration(model, calibration)
+    logger.info("%s: image threshold %.4f (%s)", params.name, calibration.image_threshold,
+                calibration.image_rule)
+    return model, calibration
+
+
+def apply_calibration(model: StreamingPadim, calibration: Calibration) -> None:
+    """Write thresholds and min/max into the model's post-processor, which labels and normalises
+    every score the model gives from then on (exports and the MLflow pyfunc included)."""
+    post = model.post_processor
+    for buffer, value in (
+        (post._image_threshold, calibration.image_threshold),  # noqa: SLF001  # anomalib's buffers
+        (post._pixel_threshold, calibration.pixel_threshold),  # noqa: SLF001
+        (post.image_min, calibration.image_min), (post.image_max, calibration.image_max),
+        (post.pixel_min, calibration.pixel_min), (post.pixel_max, calibration.pixel_max),
+    ):
+        buffer.fill_(value)
 
 
 def save_model(model: StreamingPadim, path: Path) -> Path:

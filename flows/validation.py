@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from padim_plugin.mvtec import IMAGE_EXTENSIONS, NORMAL, is_image, mask_candidates
+from padim_plugin.images import ImageDecodeError, decode_image
+from padim_plugin.mvtec import IMAGE_EXTENSIONS, NORMAL, ROLE_SPLITS, is_image, mask_candidates
 
 LINE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 # Masks are black (0) with white (255) defects. Resized or antialiased masks carry grey edge pixels
@@ -51,31 +52,41 @@ def check_line_name(name: str) -> str:
     return name
 
 
-def validate_line(root: Path, min_train_images: int = 1) -> None:
-    """Raise DataValidationError listing every problem of an MVTec-layout folder."""
+def validate_line(root: Path, min_train_images: int = 1, min_validation_images: int = 0) -> None:
+    """Raise DataValidationError listing every problem of an MVTec-layout folder.
+
+    Masks are optional; every mask that exists is checked (one per image, same size, binary, no
+    orphans). ``min_validation_images`` normal validation images are needed to set a threshold.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataValidationError(str(root), [f"{root}: folder does not exist"])
     problems: list[str] = []
-    problems += _stray_entries(root)
-    train_good = root / "train" / NORMAL
-    train_images = _images(train_good)
+    problems += stray_entries(root)
+    train_images = _images(root / "train" / NORMAL)
     if len(train_images) < min_train_images:
-        problems.append(
-            f"{train_good}: {len(train_images)} normal training images, at least {min_train_images} needed"
-        )
+        problems.append(f"{root / 'train' / NORMAL}: {len(train_images)} normal training images,"
+                        f" at least {min_train_images} needed")
+    validation_normals = _images(root / "validation" / NORMAL)
+    if len(validation_normals) < min_validation_images:
+        problems.append(f"{root / 'validation' / NORMAL}: {len(validation_normals)} normal validation"
+                        f" images, at least {min_validation_images} needed for a threshold")
     test = root / "test"
     if not test.is_dir():
         problems.append(f"{test}: missing (needs test/good and/or test/<defect_kind>)")
     sizes = {}
-    for image in train_images + [i for d in _subdirs(test) for i in _images(d)]:
-        size = _decoded_size(image, problems)
-        if size:
-            sizes[image] = size
-    for defect_dir in (d for d in _subdirs(test) if d.name != NORMAL):
-        for image in _images(defect_dir):
-            problems += _mask_problems(root, defect_dir.name, image, sizes.get(image))
-    problems += _orphan_masks(root)
+    labelled = [i for role in ("validation", "test") for d in _subdirs(root / role) for i in _images(d)]
+    for image in train_images + labelled:
+        try:
+            height, width = decode_image(image).shape[:2]
+            sizes[image] = (width, height)
+        except ImageDecodeError as error:
+            problems.append(str(error))
+    for role in ("validation", "test"):
+        for defect_dir in (d for d in _subdirs(root / role) if d.name != NORMAL):
+            for image in _images(defect_dir):
+                problems += _mask_problems(root, defect_dir.name, image, sizes.get(image))
+    problems += orphan_masks(root)
     if problems:
         raise DataValidationError(str(root), problems)
 
@@ -88,20 +99,23 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image(p)) if folder.is_dir() else []
 
 
-def _stray_entries(root: Path) -> list[str]:
-    """Anything that is not train/, test/, ground_truth/ or an image in a label folder."""
+def stray_entries(root: Path, top_level: bool = True) -> list[str]:
+    """Anything that is not a role folder, ground_truth/ or an image in a label folder
+    (``top_level`` False: other entries beside those folders, a README say, are let be)."""
     problems = []
-    allowed_top = {"train", "test", "ground_truth"}
-    for entry in sorted(root.iterdir()):
+    allowed_top = {*ROLE_SPLITS, "ground_truth"}
+    for entry in sorted(root.iterdir()) if top_level else []:
         if entry.name not in allowed_top:
-            problems.append(f"{entry}: stray entry (expected only train/, test/, ground_truth/)")
+            problems.append(
+                f"{entry}: stray entry (expected only train/, validation/, test/, ground_truth/)"
+            )
     if (root / "train").is_dir():
         for entry in sorted((root / "train").iterdir()):
             if entry.name != NORMAL:
                 problems.append(f"{entry}: stray entry (train/ holds only good/)")
     if (root / "ground_truth" / NORMAL).exists():
         problems.append(f"{root / 'ground_truth' / NORMAL}: normal images have no masks")
-    for split in ("train", "test", "ground_truth"):
+    for split in (*ROLE_SPLITS, "ground_truth"):
         for label_dir in _subdirs(root / split):
             for entry in sorted(label_dir.iterdir()):
                 if not is_image(entry):
@@ -115,20 +129,10 @@ def _stray_entries(root: Path) -> list[str]:
     return problems
 
 
-def _decoded_size(image: Path, problems: list[str]) -> tuple[int, int] | None:
-    try:
-        with Image.open(image) as opened:
-            opened.load()
-            return opened.size
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        problems.append(f"{image}: does not decode as an image ({error})")
-        return None
-
-
 def _mask_problems(root: Path, defect: str, image: Path, size: tuple[int, int] | None) -> list[str]:
     candidates = mask_candidates(root / "ground_truth" / defect, image.stem)
     if not candidates:
-        return [f"{image}: no mask in {root / 'ground_truth' / defect} (expected {image.stem}_mask.png)"]
+        return []  # labelled per image only: masks are optional
     if len(candidates) > 1:
         return [f"{image}: {len(candidates)} masks ({', '.join(c.name for c in candidates)}), expected one"]
     mask = candidates[0]
@@ -149,20 +153,21 @@ def _mask_problems(root: Path, defect: str, image: Path, size: tuple[int, int] |
     return problems
 
 
-def _orphan_masks(root: Path) -> list[str]:
+def orphan_masks(root: Path) -> list[str]:
     problems = []
     for mask_dir in _subdirs(root / "ground_truth"):
-        stems = {p.stem for p in _images(root / "test" / mask_dir.name)}
+        kind = mask_dir.name
+        stems = {p.stem for role in ("validation", "test") for p in _images(root / role / kind)}
         for mask in _images(mask_dir):
-            if mask.stem.removesuffix("_mask") not in stems:
-                problems.append(f"{mask}: mask without an image in {root / 'test' / mask_dir.name}")
+            if mask.stem.removesuffix("_mask") not in stems and mask.stem not in stems:
+                problems.append(f"{mask}: mask without an image in validation/{kind} or test/{kind}")
     return problems
 
 
 def describe(root: Path) -> dict[str, int]:
-    """Image counts per split/label, for printing what was added."""
+    """Image counts per role/label, for printing what was added."""
     counts = {}
-    for split in ("train", "test"):
+    for split in ROLE_SPLITS:
         for label_dir in _subdirs(root / split):
             counts[f"{split}/{label_dir.name}"] = len(_images(label_dir))
     return counts

@@ -1,8 +1,10 @@
 """Listing an MVTec AD layout folder: ``train/good``, ``test/good``, ``test/<defect>``,
-``ground_truth/<defect>/<stem>_mask.<ext>``, in any common image format.
+``ground_truth/<defect>/<stem>_mask.<ext>``, in any common image format, plus an optional
+``validation/`` folder (``good`` and defect kinds) for thresholds.
 
-Masks are paired with images by name, not by sort order, and a missing mask is an error naming
-the image. No anomalib import here, so tools that only look at files stay quick to start.
+Masks are optional and paired with images by name, not by sort order: a defect image without a
+mask is labelled per image only. No anomalib import here, so tools that only look at files stay
+quick to start.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pandas import DataFrame
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 NORMAL = "good"
+# role folders and the anomalib split name of each
+ROLE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
 def is_image(path: Path) -> bool:
@@ -36,22 +40,20 @@ def find_mask(root: Path, defect: str, stem: str) -> Path | None:
 
 
 def mvtec_samples(root: str | Path, split: str | None = None) -> DataFrame:
-    """One row per image of an MVTec-layout folder: image_path, split, label, label_index, mask_path."""
+    """One row per image of an MVTec-layout folder: image_path, split (train, val, test), label,
+    label_index, mask_path ("" for normal images and for defect images without a mask)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     rows = []
-    for split_name in ("train", "test"):
-        split_dir = root / split_name
-        if not split_dir.is_dir():
+    for role, split_name in ROLE_SPLITS.items():
+        role_dir = root / role
+        if not role_dir.is_dir():
             continue
-        for label_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        for label_dir in sorted(p for p in role_dir.iterdir() if p.is_dir()):
             abnormal = label_dir.name != NORMAL
             for image in sorted(p for p in label_dir.iterdir() if is_image(p)):
                 mask = find_mask(root, label_dir.name, image.stem) if abnormal else None
-                if abnormal and mask is None:
-                    msg = f"{image}: no mask in {root / 'ground_truth' / label_dir.name}"
-                    raise FileNotFoundError(msg)
                 rows.append({
                     "path": str(root),
                     "split": split_name,
@@ -62,7 +64,7 @@ def mvtec_samples(root: str | Path, split: str | None = None) -> DataFrame:
                 })
     samples = DataFrame(rows, columns=["path", "split", "label", "image_path", "label_index", "mask_path"])
     if samples.empty:
-        raise FileNotFoundError(f"no images under {root}/train or {root}/test")
+        raise FileNotFoundError(f"no images under {root}/train, {root}/validation or {root}/test")
     samples.attrs["task"] = "segmentation" if (samples.mask_path != "").any() else "classification"
     if split is not None:
         samples = samples[samples.split == str(split)].reset_index(drop=True)

@@ -13,14 +13,14 @@ from PIL import Image
 from flows.cli import main
 from flows.config import load_params
 from flows.data import DataStore, DataVersionError
-from flows.layout import stage_separate_folders
-from flows.validation import check_line_name, validate_line
+from flows.validation import check_line_name
+from padim_plugin.mvtec import mvtec_samples
 
 from .conftest import MTD, write_mvtec_folder
 
 PARAMS = """\
 defaults:
-  data: {min_train_images: 3}
+  data: {min_train_images: 3, min_validation_images: 1}
 lines:
   alpha: {}
 """
@@ -47,13 +47,18 @@ def files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def contents(folder: Path) -> dict[str, bytes]:
+    """Files by name, wherever their role put them (the test data's names are unique)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def add(store: DataStore, line: str, source: Path, *extra: str) -> int:
     return main(["--root", str(store.root), "data", "add", line, str(source), *extra])
 
 
 def test_add_push_then_pull_into_a_clean_clone_restores_identical_files(project: DataStore,
                                                                          tmp_path: Path) -> None:
-    source = write_mvtec_folder(tmp_path / "alpha_v1", 5, 2, 2)
+    source = write_mvtec_folder(tmp_path / "alpha_v1", 5, 2, 2, n_validation=1)
     assert add(project, "alpha", source) == 0
     md5 = project.md5("alpha", "HEAD")
     assert md5.endswith(".dir") and "data: alpha version" in git(project.root, "log", "-1", "--format=%s")
@@ -63,51 +68,62 @@ def test_add_push_then_pull_into_a_clean_clone_restores_identical_files(project:
     assert not (clone / "data" / "alpha").exists() and not (clone / ".dvc" / "cache").exists()
     pulled = DataStore(clone).pull("alpha")
     assert pulled.md5 == md5
-    assert files(pulled.path) == files(source)
+    assert files(pulled.path) == files(project.line_dir("alpha"))
+    assert contents(pulled.path) == contents(source)
     assert pulled.rev == git(clone, "rev-parse", "HEAD")
 
 
 def test_new_version_of_one_line_leaves_the_others_and_old_revisions_intact(project: DataStore,
                                                                              tmp_path: Path) -> None:
-    v1 = write_mvtec_folder(tmp_path / "alpha_v1", 5, 2, 2, seed=1)
-    beta = write_mvtec_folder(tmp_path / "beta", 4, 2, 1, seed=2)
+    v1 = write_mvtec_folder(tmp_path / "alpha_v1", 5, 2, 2, seed=1, n_validation=1)
+    beta = write_mvtec_folder(tmp_path / "beta", 4, 2, 1, seed=2, n_validation=1)
     assert add(project, "alpha", v1) == 0
     assert add(project, "beta", beta) == 0
     first = git(project.root, "rev-parse", "HEAD")
     beta_md5 = project.md5("beta")
-    v2 = write_mvtec_folder(tmp_path / "alpha_v2", 6, 2, 2, seed=3)
+    v2 = write_mvtec_folder(tmp_path / "alpha_v2", 6, 2, 2, seed=3, n_validation=1)
     assert add(project, "alpha", v2) == 0
     assert project.md5("beta") == beta_md5
     assert project.md5("alpha") != project.md5("alpha", first)
     shutil.rmtree(project.root / ".dvc" / "cache")
     shutil.rmtree(project.root / "data" / "alpha")
-    assert files(project.pull("alpha", first).path) == files(v1)
-    assert files(project.pull("alpha").path) == files(v2)
-    assert files(project.pull("beta").path) == files(beta)
+    assert contents(project.pull("alpha", first).path) == contents(v1)
+    assert contents(project.pull("alpha").path) == contents(v2)
+    assert contents(project.pull("beta").path) == contents(beta)
     assert "beta" in load_params(project.root / "params.yaml").lines  # registered on first add
 
 
 def test_invalid_data_gets_one_error_listing_every_bad_file(project: DataStore, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    bad = write_mvtec_folder(tmp_path / "bad", 1, 2, 3)
+    bad = write_mvtec_folder(tmp_path / "bad", 2, 2, 3, n_validation=1)
     (bad / "train" / "good" / "broken.png").write_bytes(b"not an image")
     (bad / "test" / "spot" / "notes.txt").write_text("stray")
-    (bad / "ground_truth" / "spot" / "000_mask.png").unlink()
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad / "ground_truth" / "spot" / "001_mask.png")
+    (bad / "ground_truth" / "spot" / "t000_mask.png").unlink()  # a mask is optional: no problem
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad / "ground_truth" / "spot" / "t001_mask.png")
     grey = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
-    Image.fromarray(grey).save(bad / "ground_truth" / "spot" / "002_mask.png")
+    Image.fromarray(grey).save(bad / "ground_truth" / "spot" / "t002_mask.png")
+    Image.fromarray(grey).save(bad / "ground_truth" / "spot" / "lost_mask.png")
     params_before = (project.root / "params.yaml").read_text()
     head_before = git(project.root, "rev-parse", "HEAD")
 
+    # the source's own structure is checked first, naming the user's files
     assert add(project, "gamma", bad) == 1
     message = capsys.readouterr().err
-    for expected in ("train/good: 2 normal training images, at least 3 needed",
-                     "train/good/broken.png: does not decode", "test/spot/notes.txt: stray file",
-                     "test/spot/000.png: no mask", "001_mask.png: size (10, 10) differs",
-                     "002_mask.png: not binary"):
+    for expected in (f"{bad}/test/spot/notes.txt: stray file", f"{bad}/ground_truth/spot/lost_mask.png: mask"
+                     " without an image"):
         assert expected in message, expected
+    assert "2 problem(s)" in message
+    (bad / "test" / "spot" / "notes.txt").unlink()
+    (bad / "ground_truth" / "spot" / "lost_mask.png").unlink()
+    # then the staged line: every image decodes, masks match, enough images per role
+    assert add(project, "gamma", bad) == 1
+    message = capsys.readouterr().err
+    for expected in ("normal training images, at least 3 needed", "train/good/broken.png: not an image",
+                     "t001_mask.png: size (10, 10) differs", "t002_mask.png: not binary"):
+        assert expected in message, expected
+    assert "t000" not in message
     assert str(bad) in message, "problems name the user's files, not the staging copies"
-    assert "6 problem(s)" in message
+    assert "4 problem(s)" in message
     # nothing changed: no data folder, no pointer, params and history untouched
     assert not (project.root / "data" / "gamma").exists()
     assert not (project.root / "data" / "gamma.dvc").exists()
@@ -115,29 +131,16 @@ def test_invalid_data_gets_one_error_listing_every_bad_file(project: DataStore, 
     assert git(project.root, "rev-parse", "HEAD") == head_before
 
 
-def test_separate_folders_are_split_by_a_seeded_fraction(tmp_path: Path) -> None:
-    normal, defects, masks = (tmp_path / n for n in ("normal", "defects", "masks"))
-    rng = np.random.default_rng(0)
-    for folder in (normal, defects / "dent", masks):
-        folder.mkdir(parents=True)
-    for i in range(20):
-        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(normal / f"n{i:02d}.jpg")
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(defects / "dent" / f"d{i}.bmp")
-        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(masks / f"d{i}.png")
-    splits = []
-    for attempt in range(2):
-        staged = tmp_path / f"staged{attempt}"
-        stage_separate_folders(normal, defects, masks, staged, train_fraction=0.75, seed=4)
-        validate_line(staged, min_train_images=10)
-        splits.append(sorted(p.name for p in (staged / "train" / "good").iterdir()))
-        assert len(list((staged / "test" / "good").iterdir())) == 5
-        assert sorted(p.name for p in (staged / "ground_truth" / "dent").iterdir()) == [
-            "d0_mask.png", "d1_mask.png", "d2_mask.png"]
-    assert splits[0] == splits[1] and len(splits[0]) == 15
-    other = tmp_path / "other_seed"
-    stage_separate_folders(normal, defects, masks, other, train_fraction=0.75, seed=5)
-    assert sorted(p.name for p in (other / "train" / "good").iterdir()) != splits[0]
+def test_mvtec_folder_without_ground_truth_is_a_line_labelled_per_image(project: DataStore,
+                                                                        tmp_path: Path) -> None:
+    source = write_mvtec_folder(tmp_path / "nomasks", 8, 3, 3, n_validation=5)
+    shutil.rmtree(source / "ground_truth")
+    assert add(project, "alpha", source) == 0
+    samples = mvtec_samples(project.pull("alpha").path)
+    assert (samples.mask_path == "").all() and samples.attrs["task"] == "classification"
+    # the source's test set stays the test set; its validation/ stays validation
+    assert sorted(samples[samples.split == "test"].label) == ["good"] * 3 + ["spot"] * 3
+    assert (samples[samples.split == "val"].label == "spot").sum() == 5
 
 
 def test_unsafe_line_names_are_refused() -> None:
@@ -150,7 +153,7 @@ def test_unsafe_line_names_are_refused() -> None:
 def test_pull_errors_name_the_line_and_revision(project: DataStore, tmp_path: Path) -> None:
     with pytest.raises(DataVersionError, match="'alpha' has no data at revision"):
         project.pull("alpha")
-    add(project, "alpha", write_mvtec_folder(tmp_path / "a", 4, 1, 1))
+    add(project, "alpha", write_mvtec_folder(tmp_path / "a", 4, 1, 1, n_validation=1))
     shutil.rmtree(tmp_path / "remote")
     shutil.rmtree(project.root / ".dvc" / "cache")
     with pytest.raises(DataVersionError, match="cannot pull product line 'alpha' at revision"):
@@ -167,4 +170,5 @@ def test_magnetic_tile_defects_import_cleanly(project: DataStore) -> None:
     version = project.pull("mtd")
     counts = {p.name: len(list(p.iterdir())) for p in (version.path / "test").iterdir()}
     assert counts == {"good": 190, "blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103}
-    assert len(list((version.path / "train" / "good").iterdir())) == 762
+    fit_roles = [len(list((version.path / role / "good").iterdir())) for role in ("train", "validation")]
+    assert sum(fit_roles) == 762 and 0.1 < fit_roles[1] / 762 < 0.15  # train:validation = 0.7:0.1

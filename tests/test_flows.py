@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -20,12 +19,13 @@ from flows.data import DataStore
 from flows.gates import decide
 from flows.registry import Registry, model_name
 
-from .conftest import write_mvtec_folder
+from .conftest import write_flat_folders, write_mvtec_folder
 
 PARAMS = """\
 defaults:
   model: {n_features: 16}
-  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5}
+  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5,
+         min_validation_images: 2}
   gates:
     floors: {image_auroc: 0.7, pixel_auroc: 0.7}
     max_drop: 0.01
@@ -55,7 +55,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> 
     git(root, "add", "-A")
     git(root, "commit", "-qm", "project")
     for seed, line in enumerate(("alpha", "beta", "broken")):
-        source = write_mvtec_folder(base / f"{line}_v1", 8, 4, 4, seed=seed)
+        source = write_mvtec_folder(base / f"{line}_v1", 8, 4, 4, seed=seed, n_validation=4)
         assert main(["--root", str(root), "data", "add", line, str(source)]) == 0
     (root / "params.yaml").write_text(PARAMS + STRICTER)
     git(root, "commit", "-qam", "stricter data rule for broken")
@@ -150,7 +150,9 @@ def test_worse_data_version_stays_challenger_with_its_reason(first_run: Path, tm
     shutil.copytree(first_run / "data" / "alpha", worse)
     spots = sorted((worse / "test" / "spot").iterdir())
     for index, image in enumerate(sorted((worse / "train" / "good").iterdir())):
-        shutil.copy(spots[index % len(spots)], image)
+        pixels = np.asarray(Image.open(spots[index % len(spots)])).copy()
+        pixels[0, 0] = index  # each a distinct file: identical ones would be imported once
+        Image.fromarray(pixels).save(image)
     assert main(["--root", str(first_run), "data", "add", "alpha", str(worse)]) == 0
     assert retrain(first_run, "alpha") == 0
     registry = Registry(first_run)
@@ -158,7 +160,7 @@ def test_worse_data_version_stays_challenger_with_its_reason(first_run: Path, tm
     challenger = registry.challenger("alpha")
     assert str(challenger.version) == "2"
     assert challenger.tags["padim.decision"] == "challenger"
-    assert "below champion v1" in challenger.tags["padim.reason"]
+    assert "worse than champion v1's" in challenger.tags["padim.reason"]
 
 
 def test_promote_and_rollback_by_hand(first_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,11 +193,85 @@ def test_dask_task_runner_on_a_local_cluster(first_run: Path) -> None:
     assert str(Registry(first_run).champion("beta").version) == "1"
 
 
-def test_gates_floors_drop_and_undefined_metrics() -> None:
-    gates = GateParams(floors={"image_auroc": 0.8}, max_drop=0.02)
-    assert decide({"image_auroc": 0.9}, None, gates).promote
-    assert not decide({"image_auroc": 0.7}, None, gates).promote
-    assert not decide({"image_auroc": math.nan}, None, gates).promote
-    assert decide({"image_auroc": 0.89}, {"image_auroc": 0.9}, gates, "3").promote
-    refused = decide({"image_auroc": 0.85}, {"image_auroc": 0.9}, gates, "3")
-    assert not refused.promote and "below champion v3" in refused.reason
+def test_gates_floors_ceilings_and_drops_against_the_champion() -> None:
+    gates = GateParams(floors={"image_auroc": 0.8}, ceilings={"test_normal_fpr": 0.05}, max_drop=0.02)
+    good = {"image_auroc": 0.9, "test_normal_fpr": 0.01}
+    assert decide(good, None, gates).promote
+    assert not decide(good | {"image_auroc": 0.7}, None, gates).promote
+    above = decide(good | {"test_normal_fpr": 0.2}, None, gates)
+    assert not above.promote and "test_normal_fpr 0.2000 above ceiling 0.05" in above.reason
+    assert decide(good | {"image_auroc": 0.89}, good, gates, "3").promote
+    refused = decide(good | {"image_auroc": 0.85}, good, gates, "3")
+    assert not refused.promote and "worse than champion v3's 0.9000" in refused.reason
+    more_alarms = decide(good | {"test_normal_fpr": 0.04}, good, gates, "3")  # lower is better here
+    assert not more_alarms.promote and "test_normal_fpr" in more_alarms.reason
+
+
+def test_a_gate_on_a_missing_metric_fails_with_the_reason_not_a_nan_comparison() -> None:
+    gates = GateParams(floors={"image_auroc": 0.7, "pixel_auroc": 0.7})
+    decision = decide({"image_auroc": 0.9}, None, gates, unavailable={"pixel_auroc": "no masks here"})
+    assert not decision.promote
+    assert decision.reason == "pixel_auroc is missing (no masks here), so its floor 0.7 cannot be met"
+    assert "nan" not in decide({}, None, gates).reason.lower()
+
+
+def test_unknown_gate_metrics_are_refused_by_name(tmp_path: Path) -> None:
+    from flows.config import load_params
+
+    (tmp_path / "params.yaml").write_text("defaults: {}\nlines:\n  a: {gates: {ceilings: {fpr: 0.1}}}\n")
+    with pytest.raises(ValueError, match=r"(?s)product line 'a'.*unknown metrics \['fpr'\]"):
+        load_params(tmp_path / "params.yaml")
+
+
+def add_flat(root: Path, line: str, normal: Path, defects: Path | None, masks: Path | None) -> int:
+    args = ["--root", str(root), "data", "add", line, "--normal", str(normal)]
+    args += ["--defects", str(defects)] if defects else []
+    args += ["--masks", str(masks)] if masks else []
+    return main(args)
+
+
+def test_line_without_masks_gets_image_metrics_at_the_validation_threshold(first_run: Path,
+                                                                           tmp_path: Path) -> None:
+    normal, defects, _ = write_flat_folders(tmp_path / "nomask", 40, 16, masks=False, seed=7)
+    assert add_flat(first_run, "nomask", normal, defects, None) == 0
+    assert retrain(first_run, "nomask") == 0
+    registry = Registry(first_run)
+    version = registry.challenger("nomask")
+    assert version.tags["padim.decision"] == "challenger"  # the default gates include pixel_auroc
+    assert version.tags["padim.reason"] == ("pixel_auroc is missing (no test defect image has a mask: the"
+                                            " line is labelled per image), so its floor 0.7 cannot be met")
+    run = registry.client.get_run(version.run_id)
+    metrics, params = run.data.metrics, run.data.params
+    assert "pixel_auroc" not in metrics and "pixel_aupro" not in metrics  # absent, not NaN
+    assert metrics["pixel_eval_defect_images"] == 0
+    assert {"image_f1", "image_precision", "image_recall", "test_normal_fpr"} <= metrics.keys()
+    assert params["calibration.image_rule"].startswith("F1-optimal on validation")
+    # the logged counts are the roles on disk, and the F1 is the one at the logged threshold
+    data = DataStore(first_run).pull("nomask").path
+    assert metrics["validation_defect_images"] == len(list((data / "validation" / "defect").iterdir()))
+    assert metrics["test_defect_images"] == len(list((data / "test" / "defect").iterdir()))
+    assert metrics["train_images"] == len(list((data / "train" / "good").iterdir()))
+
+
+def test_normal_only_line_is_refused_by_name_then_promoted_by_its_own_gate(first_run: Path,
+                                                                           tmp_path: Path) -> None:
+    normal, _, _ = write_flat_folders(tmp_path / "plain", 50, 0, seed=8)
+    assert add_flat(first_run, "plain", normal, None, None) == 0
+    assert retrain(first_run, "plain") == 0
+    registry = Registry(first_run)
+    first = registry.challenger("plain")
+    assert "image_auroc is missing (the test split has no defect images: a normal-only line)" in (
+        first.tags["padim.reason"])
+    metrics = registry.client.get_run(first.run_id).data.metrics
+    assert 0 <= metrics["test_normal_fpr"] <= 1 and "image_f1" not in metrics
+    params = registry.client.get_run(first.run_id).data.params
+    assert params["calibration.image_rule"].startswith("quantile 0.995 of")
+    # the team's policy for this line: false alarms on normal parts, nothing else
+    params_file = first_run / "params.yaml"
+    params_file.write_text(params_file.read_text().replace(
+        "  plain: {}", "  plain:\n    gates: {ceilings: {test_normal_fpr: 0.5}}"))
+    git(first_run, "commit", "-qam", "normal-only policy for plain")
+    assert retrain(first_run, "plain") == 0
+    champion = registry.champion("plain")
+    assert champion is not None and str(champion.version) == "2"
+    assert champion.tags["padim.reason"].startswith("passes every gate")

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS = """\
 defaults:
   model: {n_features: 8}
-  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5}
+  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5,
+         min_validation_images: 2}
 lines:
   tiny: {}
 """
@@ -46,7 +47,7 @@ def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
     run(root, "git", "config", "user.name", "tests")
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "project")
-    source = write_mvtec_folder(tmp_path / "src", 8, 3, 3)
+    source = write_mvtec_folder(tmp_path / "src", 8, 3, 3, n_validation=3)
     assert main(["--root", str(root), "data", "add", "tiny", str(source)]) == 0
 
     run(root, "dvc", "repro")

@@ -1,0 +1,84 @@
+"""Raw outputs of a model on one role of a line (validation for thresholds, test for metrics).
+
+Scores are the model's raw ones (its post-processor is bypassed), so thresholds and
+threshold-free metrics never depend on a normalisation learnt elsewhere. Pixel ground truth is
+known for normal images (empty by definition) and for defect images with a mask; defect images
+labelled per image only take no part in pixel-level numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from padim_plugin import StreamingPadim
+
+from .config import LineParams
+from .train import build_datamodule, engine
+
+PIXEL_STRIDE = 2  # every 4th pixel of each map: pixel-level numbers in bounded memory
+
+
+@dataclass
+class Predictions:
+    """One role's raw outputs; ``batches`` keep images and maps for the figures."""
+
+    batches: list
+    image_paths: list[str]
+    labels: np.ndarray  # (N,) 0 normal, 1 defect
+    scores: np.ndarray  # (N,) raw image scores
+    has_ground_truth: np.ndarray  # (N,) bool: normal, or a defect with a mask
+    pixel_labels: np.ndarray  # (M,) subsampled pixels of images with ground truth
+    pixel_scores: np.ndarray  # (M,)
+    map_range: tuple[float, float]  # min and max over every map
+
+    @property
+    def pixel_defect_images(self) -> int:
+        return int((self.has_ground_truth & (self.labels == 1)).sum())
+
+
+def predict_role(model: StreamingPadim, params: LineParams, data_path: Path, role: str,
+                 work_dir: Path) -> Predictions:
+    """Score every image of ``role`` ("validation" or "test") with the post-processor bypassed."""
+    datamodule = build_datamodule(params, data_path)
+    datamodule.setup()
+    loader = datamodule.val_dataloader() if role == "validation" else datamodule.test_dataloader()
+    samples = loader.dataset.samples
+    has_mask = dict(zip(samples.image_path, samples.mask_path != "", strict=True))
+    post_processor, model.post_processor = model.post_processor, None
+    try:
+        batches = engine(work_dir).predict(model=model, dataloaders=loader)
+    finally:
+        model.post_processor = post_processor
+    labels, scores, ground_truth, pixel_labels, pixel_scores, paths = [], [], [], [], [], []
+    low, high = np.inf, -np.inf
+    for batch in batches:
+        batch_labels = batch.gt_label.cpu().int()
+        maps = batch.anomaly_map.squeeze(1).cpu()
+        if batch.gt_mask is not None:
+            masks = batch.gt_mask.squeeze(1).cpu().int()
+            known = torch.tensor([label == 0 or has_mask[path] for label, path in
+                                  zip(batch_labels.tolist(), batch.image_path, strict=True)])
+        else:  # no mask anywhere in the line: only normal images have known (empty) masks
+            masks = torch.zeros_like(maps, dtype=torch.int32)
+            known = batch_labels == 0
+        labels.append(batch_labels)
+        scores.append(batch.pred_score.flatten().cpu())
+        ground_truth.append(known)
+        paths += list(batch.image_path)
+        low, high = min(low, float(maps.min())), max(high, float(maps.max()))
+        pixel_scores.append(maps[known][:, ::PIXEL_STRIDE, ::PIXEL_STRIDE].flatten())
+        pixel_labels.append(masks[known][:, ::PIXEL_STRIDE, ::PIXEL_STRIDE].flatten())
+    return Predictions(
+        batches=batches,
+        image_paths=paths,
+        labels=torch.cat(labels).numpy(),
+        scores=torch.cat(scores).numpy(),
+        has_ground_truth=torch.cat(ground_truth).numpy().astype(bool),
+        pixel_labels=torch.cat(pixel_labels).numpy(),
+        pixel_scores=torch.cat(pixel_scores).numpy(),
+        map_range=(low, high),
+    )
