@@ -169,6 +169,7 @@ def _predict(args: argparse.Namespace) -> None:
     import numpy as np
     from PIL import Image
 
+    from padim_plugin.images import decode_image
     from padim_plugin.mvtec import is_image
 
     from .registry import Registry, model_name
@@ -186,8 +187,7 @@ def _predict(args: argparse.Namespace) -> None:
         writer = csv.writer(stream)
         writer.writerow(["image", "score", "label"])
         for number, path in enumerate(files, 1):
-            image = np.asarray(Image.open(path).convert("RGB"))
-            output = model.predict(image[None])
+            output = model.predict(decode_image(path)[None])  # decoded as in fit and evaluation
             writer.writerow([str(path), f"{output['pred_score'][0]:.6f}", int(output["pred_label"][0])])
             heat = np.clip(output["anomaly_map"][0], 0, 1)
             Image.fromarray((heat * 255).astype(np.uint8)).save(args.out / f"{path.stem}_heatmap.png")

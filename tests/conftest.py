@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-MTD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mtd"
+from .mtd import MTD  # noqa: F401  # re-exported for the real-data tests
 
 
 class Synthetic:

@@ -1,0 +1,61 @@
+"""The real Magnetic Tile Defects set as a team's line arrives: flat folders, labelled per image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from flows.data import DataStore
+from flows.registry import Registry
+
+from .mtd import MTD, mtd_flat_folders
+from .test_data import git
+
+PARAMS = """\
+defaults:
+  model: {n_features: 100}
+  data: {image_size: 256}
+  gates:
+    floors: {image_auroc: 0.7, pixel_auroc: 0.7}
+lines:
+  tiles:                     # inspectors label images, not pixels: a policy on image metrics
+    gates:
+      floors: {image_auroc: 0.85, image_f1: 0.75}
+  tiles_masked: {}
+"""
+
+
+@pytest.mark.slow
+def test_mtd_without_masks_becomes_champion_and_masks_change_no_image_metric(
+        tmp_path: Path, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not MTD.is_dir():
+        pytest.skip(f"real data set not found at {MTD}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "project"
+    root.mkdir()
+    DataStore.init(root, str(tmp_path / "remote"))
+    git(root, "config", "user.email", "tests@example.com")
+    git(root, "config", "user.name", "tests")
+    (root / "params.yaml").write_text(PARAMS)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "project")
+    for line, masks in (("tiles", False), ("tiles_masked", True)):
+        normal, defects, mask_dir = mtd_flat_folders(tmp_path / line, masks)
+        args = ["--normal", str(normal), "--defects", str(defects)]
+        args += ["--masks", str(mask_dir)] if masks else []
+        assert main(["--root", str(root), "data", "add", line, *args]) == 0
+
+    assert main(["--root", str(root), "retrain", "tiles", "tiles_masked"]) == 0
+    registry = Registry(root)
+    champion = registry.champion("tiles")
+    assert champion is not None, registry.challenger("tiles").tags["padim.reason"]
+    plain = registry.client.get_run(champion.run_id).data.metrics
+    masked = registry.client.get_run(registry.challenger("tiles_masked").run_id).data.metrics
+    assert "pixel_auroc" not in plain and masked["pixel_auroc"] > 0.5
+    assert masked["pixel_eval_defect_images"] == masked["test_defect_images"]
+    assert abs(plain["image_auroc"] - masked["image_auroc"]) <= 0.01
+    # 952 normal and 392 defect images, in the shares of params.yaml's split
+    assert plain["train_images"] + plain["validation_normal_images"] + plain["test_normal_images"] == 952
+    assert plain["validation_defect_images"] + plain["test_defect_images"] == 392

@@ -1,0 +1,64 @@
+"""Thresholds come from validation only: the rules, and proof that test images cannot move them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import f1_score
+
+from flows.config import LineParams
+from flows.evaluate import image_metrics
+from flows.thresholds import choose_threshold, f1_optimal_threshold
+from flows.train import fit_line
+
+from .conftest import write_mvtec_folder
+
+PARAMS = LineParams(name="line", model={"n_features": 8},
+                    data={"image_size": 64, "train_batch_size": 4, "eval_batch_size": 4})
+
+
+def test_f1_optimal_threshold_reaches_the_best_f1_of_any_cut() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + 1.2 * labels, 1)  # rounded: many ties
+    threshold = f1_optimal_threshold(labels, scores)
+    best = max(f1_score(labels, scores >= cut) for cut in np.unique(scores))
+    assert f1_score(labels, scores > threshold) == pytest.approx(best)
+    assert threshold not in scores, "the threshold falls between two scores, not on one"
+
+
+def test_validation_without_defects_takes_the_normal_quantile() -> None:
+    scores = np.arange(1000, dtype=float)
+    threshold, rule = choose_threshold(np.zeros(1000), scores, 0.99, "images")
+    assert threshold == pytest.approx(989.01) and rule == "quantile 0.99 of 1000 normal validation images"
+    assert image_metrics(np.zeros(1000), scores, threshold)["test_normal_fpr"] == pytest.approx(0.01)
+
+
+def calibrated(line: Path, work: Path) -> tuple[object, dict[str, torch.Tensor]]:
+    model, calibration = fit_line(PARAMS, line, work)
+    return calibration, {name: buffer.clone() for name, buffer in model.post_processor.named_buffers()}
+
+
+@pytest.mark.parametrize("change", ["perturb", "drop"])
+def test_test_images_cannot_move_the_threshold(tmp_path: Path, change: str) -> None:
+    line = write_mvtec_folder(tmp_path / "line", 10, 6, 6, n_validation=4)
+    reference = calibrated(line, tmp_path / "work_a")
+    changed = tmp_path / "changed"
+    shutil.copytree(line, changed)
+    tests = sorted((changed / "test").rglob("*.png"))
+    if change == "perturb":
+        rng = np.random.default_rng(1)
+        for image in tests:
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image)
+    else:
+        for image in tests[1:]:
+            image.unlink()
+    calibration, buffers = calibrated(changed, tmp_path / "work_b")
+    assert calibration == reference[0]
+    for name, buffer in buffers.items():
+        assert torch.equal(buffer, reference[1][name]), name
