@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from flows.data import DataStore, DataVersionError
 from flows.validation import check_line_name
 from padim_plugin.mvtec import mvtec_samples
 
-from .conftest import MTD, write_mvtec_folder
+from .conftest import MTD, git, init_project, write_mvtec_folder
 
 PARAMS = """\
 defaults:
@@ -26,21 +25,9 @@ lines:
 """
 
 
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> DataStore:
-    root = tmp_path / "project"
-    root.mkdir()
-    store = DataStore.init(root, str(tmp_path / "remote"))
-    git(root, "config", "user.email", "tests@example.com")
-    git(root, "config", "user.name", "tests")
-    (root / "params.yaml").write_text(PARAMS)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
-    return store
+    return init_project(tmp_path / "project", tmp_path / "remote", PARAMS)
 
 
 def files(folder: Path) -> dict[str, bytes]:

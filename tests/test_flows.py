@@ -19,7 +19,7 @@ from flows.data import DataStore
 from flows.gates import decide
 from flows.registry import Registry, model_name
 
-from .conftest import write_flat_folders, write_mvtec_folder
+from .conftest import git, init_project, write_flat_folders, write_mvtec_folder
 
 PARAMS = """\
 defaults:
@@ -39,21 +39,11 @@ STRICTER = """\
 """
 
 
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Path:
     base = tmp_path_factory.mktemp("flows")
     root = base / "project"
-    root.mkdir()
-    DataStore.init(root, str(base / "remote"))
-    git(root, "config", "user.email", "tests@example.com")
-    git(root, "config", "user.name", "tests")
-    (root / "params.yaml").write_text(PARAMS)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
+    init_project(root, base / "remote", PARAMS)
     for seed, line in enumerate(("alpha", "beta", "broken")):
         source = write_mvtec_folder(base / f"{line}_v1", 8, 4, 4, seed=seed, n_validation=4)
         assert main(["--root", str(root), "data", "add", line, str(source)]) == 0

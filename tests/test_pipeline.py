@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.data import DataStore
 
-from .conftest import write_mvtec_folder
+from .conftest import init_project, write_mvtec_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = """\
@@ -41,12 +40,7 @@ def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
     for part in ("padim_plugin", "flows"):
         shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
-    (root / "params.yaml").write_text(PARAMS)
-    DataStore.init(root, str(tmp_path / "remote"))
-    run(root, "git", "config", "user.email", "tests@example.com")
-    run(root, "git", "config", "user.name", "tests")
-    run(root, "git", "add", "-A")
-    run(root, "git", "commit", "-qm", "project")
+    init_project(root, tmp_path / "remote", PARAMS)
     source = write_mvtec_folder(tmp_path / "src", 8, 3, 3, n_validation=3)
     assert main(["--root", str(root), "data", "add", "tiny", str(source)]) == 0
 

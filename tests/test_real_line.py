@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.data import DataStore
 from flows.registry import Registry
 
+from .conftest import init_project
 from .mtd import MTD, mtd_flat_folders
-from .test_data import git
 
 PARAMS = """\
 defaults:
@@ -34,13 +33,7 @@ def test_mtd_without_masks_becomes_champion_and_masks_change_no_image_metric(
         pytest.skip(f"real data set not found at {MTD}")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = tmp_path / "project"
-    root.mkdir()
-    DataStore.init(root, str(tmp_path / "remote"))
-    git(root, "config", "user.email", "tests@example.com")
-    git(root, "config", "user.name", "tests")
-    (root / "params.yaml").write_text(PARAMS)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
+    init_project(root, tmp_path / "remote", PARAMS)
     for line, masks in (("tiles", False), ("tiles_masked", True)):
         normal, defects, mask_dir = mtd_flat_folders(tmp_path / line, masks)
         args = ["--normal", str(normal), "--defects", str(defects)]

@@ -15,8 +15,7 @@ from flows.config import SplitParams
 from flows.data import DataStore
 from flows.roles import ROLES, assign_role, image_key
 
-from .conftest import write_flat_folders
-from .test_data import git
+from .conftest import git, init_project, write_flat_folders
 
 PARAMS = """\
 defaults:
@@ -28,15 +27,7 @@ SPLIT = SplitParams()
 
 @pytest.fixture
 def project(tmp_path: Path) -> DataStore:
-    root = tmp_path / "project"
-    root.mkdir()
-    store = DataStore.init(root, str(tmp_path / "remote"))
-    git(root, "config", "user.email", "tests@example.com")
-    git(root, "config", "user.name", "tests")
-    (root / "params.yaml").write_text(PARAMS)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
-    return store
+    return init_project(tmp_path / "project", tmp_path / "remote", PARAMS)
 
 
 def roles(store: DataStore, line: str, rev: str | None = None) -> dict[str, str]:
