@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torchvision.transforms.v2 import Resize
 
 from padim_plugin import StreamingPadim
 from padim_plugin.datamodule import MVTecLayout
@@ -37,6 +38,10 @@ def build_model(params: LineParams) -> StreamingPadim:
 
 
 def build_datamodule(params: LineParams, data_path: Path) -> MVTecLayout:
+    """The line's roles as dataloaders. Each image is resized on its own, as the model's
+    pre-processor would (anomalib adds that only under a trainer's setup): otherwise a batch of
+    images of different sizes is stretched to its largest one before the model sees it, and an
+    image's score would depend on its batch neighbours and differ from serving it alone."""
     data = params.data
     return MVTecLayout(
         data_path,
@@ -45,6 +50,7 @@ def build_datamodule(params: LineParams, data_path: Path) -> MVTecLayout:
         eval_batch_size=data.eval_batch_size,
         num_workers=data.num_workers,
         val_split_mode="from_dir",  # thresholds come from validation/, never from the test split
+        augmentations=Resize((data.image_size, data.image_size), antialias=True),
     )
 
 

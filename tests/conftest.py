@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 # No test may download weights: hub lookups fail at once instead of retrying for a minute.
 # Set before timm / huggingface_hub are imported, since they read it at import time.
@@ -19,11 +17,6 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 import numpy as np
 import pytest
 from PIL import Image
-
-from .mtd import MTD  # noqa: F401  # re-exported for the real-data tests
-
-if TYPE_CHECKING:
-    from flows.data import DataStore
 
 
 class Synthetic:
@@ -79,25 +72,6 @@ def write_flat_folders(root: Path, n_normal: int, n_defect: int, masks: bool = T
 def save(pixels: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def init_project(root: Path, remote: Path, params: str) -> DataStore:
-    """A git + DVC project (local remote) holding ``params`` and whatever ``root`` already has,
-    committed, with a git identity of its own."""
-    from flows.data import DataStore
-
-    root.mkdir(parents=True, exist_ok=True)
-    store = DataStore.init(root, str(remote))
-    git(root, "config", "user.email", "tests@example.com")
-    git(root, "config", "user.name", "tests")
-    (root / "params.yaml").write_text(params)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
-    return store
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ from flows.data import DataStore, DataVersionError
 from flows.validation import check_line_name
 from padim_plugin.mvtec import mvtec_samples
 
-from .conftest import MTD, git, init_project, write_mvtec_folder
+from .conftest import write_mvtec_folder
+from .mtd import MTD
+from .projects import git, init_project
 
 PARAMS = """\
 defaults:

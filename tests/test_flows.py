@@ -19,7 +19,8 @@ from flows.data import DataStore
 from flows.gates import decide
 from flows.registry import Registry, model_name
 
-from .conftest import git, init_project, write_flat_folders, write_mvtec_folder
+from .conftest import write_flat_folders, write_mvtec_folder
+from .projects import git, init_project
 
 PARAMS = """\
 defaults:

@@ -13,7 +13,8 @@ import pytest
 
 from flows.cli import main
 
-from .conftest import init_project, write_mvtec_folder
+from .conftest import write_mvtec_folder
+from .projects import init_project
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = """\

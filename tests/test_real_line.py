@@ -9,8 +9,8 @@ import pytest
 from flows.cli import main
 from flows.registry import Registry
 
-from .conftest import init_project
 from .mtd import MTD, mtd_flat_folders
+from .projects import init_project
 
 PARAMS = """\
 defaults:

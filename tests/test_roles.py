@@ -15,7 +15,8 @@ from flows.config import SplitParams
 from flows.data import DataStore
 from flows.roles import ROLES, assign_role, image_key
 
-from .conftest import git, init_project, write_flat_folders
+from .conftest import write_flat_folders
+from .projects import git, init_project
 
 PARAMS = """\
 defaults:

@@ -62,3 +62,21 @@ def test_test_images_cannot_move_the_threshold(tmp_path: Path, change: str) -> N
     assert calibration == reference[0]
     for name, buffer in buffers.items():
         assert torch.equal(buffer, reference[1][name]), name
+
+
+def test_an_images_score_does_not_depend_on_its_batch_neighbours(tmp_path: Path) -> None:
+    from flows.predictions import predict_role
+
+    line = write_mvtec_folder(tmp_path / "line", 10, 4, 4, n_validation=3)
+    for index, image in enumerate(sorted((line / "test").rglob("*.png"))):  # cameras of several sizes
+        Image.open(image).resize((64 + 24 * (index % 3), 48 + 40 * (index % 2))).save(image)
+    model, _ = fit_line(PARAMS, line, tmp_path / "work")
+    scores = {}
+    for batch_size in (1, 8):
+        data = PARAMS.data.model_copy(update={"eval_batch_size": batch_size})
+        params = PARAMS.model_copy(update={"data": data})
+        predictions = predict_role(model, params, line, "test", tmp_path / "work")
+        scores[batch_size] = dict(zip(predictions.image_paths, predictions.scores, strict=True))
+    assert scores[1].keys() == scores[8].keys()
+    for path, score in scores[1].items():
+        assert score == pytest.approx(scores[8][path], rel=1e-5), path
