@@ -111,7 +111,8 @@ def _data_add(args: argparse.Namespace) -> None:
     from .layout import from_mvtec_folder, from_separate_folders, stage
 
     params = load_params(args.root / "params.yaml").line_or_defaults(args.line)
-    if (args.path is None) == (args.normal is None and args.defects is None):
+    folders = (args.normal, args.defects, args.masks)
+    if (args.path is None) == all(folder is None for folder in folders):
         raise ValueError("give either PATH (MVTec layout) or --normal/--defects [--masks], not both")
     if args.replace and not args.append:
         raise ValueError("--replace goes with --append: a plain add replaces the whole line anyway")
