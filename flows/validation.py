@@ -72,8 +72,8 @@ def validate_line(root: Path, min_train_images: int = 1, min_validation_images: 
         problems.append(f"{root / 'validation' / NORMAL}: {len(validation_normals)} normal validation"
                         f" images, at least {min_validation_images} needed for a threshold")
     test = root / "test"
-    if not test.is_dir():
-        problems.append(f"{test}: missing (needs test/good and/or test/<defect_kind>)")
+    if not any(_images(folder) for folder in _subdirs(test)):
+        problems.append(f"{test}: no test images (metrics and gates need test/good and/or test/<kind>)")
     sizes = {}
     labelled = [i for role in ("validation", "test") for d in _subdirs(root / role) for i in _images(d)]
     for image in train_images + labelled:

@@ -12,7 +12,7 @@ from PIL import Image
 from flows.cli import main
 from flows.config import load_params
 from flows.data import DataStore, DataVersionError
-from flows.validation import check_line_name
+from flows.validation import DataValidationError, check_line_name, validate_line
 from padim_plugin.mvtec import mvtec_samples
 
 from .conftest import write_mvtec_folder
@@ -130,6 +130,14 @@ def test_mvtec_folder_without_ground_truth_is_a_line_labelled_per_image(project:
     # the source's test set stays the test set; its validation/ stays validation
     assert sorted(samples[samples.split == "test"].label) == ["good"] * 3 + ["spot"] * 3
     assert (samples[samples.split == "val"].label == "spot").sum() == 5
+
+
+def test_a_line_without_test_images_is_refused(tmp_path: Path) -> None:
+    line = write_mvtec_folder(tmp_path / "line", 6, 0, 0, n_validation=2)
+    with pytest.raises(DataValidationError, match="test: no test images"):
+        validate_line(line, min_train_images=3, min_validation_images=2)
+    write_mvtec_folder(line, 0, 1, 0)
+    validate_line(line, min_train_images=3, min_validation_images=2)
 
 
 def test_unsafe_line_names_are_refused() -> None:
