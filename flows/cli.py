@@ -241,10 +241,10 @@ def _add_line(root: Path, line: str, stage: Callable[[Path], StagingReport], dat
     scratch = Path(tempfile.mkdtemp(prefix=f".staging-{line}-", dir=store.root / "data"))
     params = store.root / "params.yaml"
     original_params = params.read_text()
-    sources: dict[str, str] = {}
+    sources = {str(scratch / line): f"new version of {line}"}
     try:
         report = stage(scratch / line)
-        sources = report.sources | {str(scratch / line): f"new version of {line}"}
+        sources |= report.sources
         registered = register_line(params, line)  # committed with the data, undone if it fails
         version = store.add(line, scratch / line, min_train_images=data.min_train_images,
                             min_validation_images=data.min_validation_images, commit=commit,

@@ -1,7 +1,10 @@
-"""The MLflow pyfunc around an exported StreamingPadim: images in, score / label / map out.
+"""The MLflow pyfunc of a registered line model, logged as models-from-code: MLflow stores this
+file, not a pickle, and runs it on load. It needs ``padim_plugin`` and MLflow only (not ``flows``,
+Prefect or DVC), and loads the model artifact (safetensors + manifest) that ``padim_plugin.artifact``
+wrote: data, never code.
 
 Input: uint8 images (N, H, W, 3), RGB; grey images may come as (N, H, W). Output: ``pred_score``
-(N,) normalised so that the model's threshold sits at 0.5, ``pred_label`` (N,) 0/1, and
+(N,) normalised so that the validation threshold sits at 0.5, ``pred_label`` (N,) 0/1, and
 ``anomaly_map`` (N, H, W) at the input's size.
 """
 
@@ -12,40 +15,20 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import torch
-from torch.nn import functional as F
 
-
-def score_images(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Run the full anomalib pipeline (pre-processor, model, post-processor) on a batch."""
-    array = np.asarray(images)
-    if array.ndim == 3:
-        array = array[..., None]
-    if array.ndim != 4 or array.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be (N, H, W, 3) or (N, H, W), got shape {array.shape}")
-    batch = torch.from_numpy(np.array(array)).permute(0, 3, 1, 2).float()  # a writable copy
-    if array.dtype == np.uint8:
-        batch = batch / 255.0
-    batch = batch.expand(-1, 3, -1, -1)
-    with torch.no_grad():
-        output = model(batch)
-    anomaly_map = F.interpolate(output.anomaly_map.float(), size=array.shape[1:3], mode="bilinear",
-                                align_corners=False)
-    return {
-        "pred_score": output.pred_score.flatten().float().numpy(),
-        "pred_label": output.pred_label.flatten().to(torch.int64).numpy(),
-        "anomaly_map": anomaly_map[:, 0].numpy(),
-    }
+from padim_plugin.artifact import load_artifact
+from padim_plugin.scoring import score_images
 
 
 class PadimPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the exported model from the ``model`` artifact; scores batches of images."""
+    """Loads the artifact folder named ``model``; scores batches of images."""
 
     def load_context(self, context: Any) -> None:  # noqa: ANN401
-        from .train import load_model
-
-        self.model = load_model(Path(context.artifacts["model"]))
+        self.model = load_artifact(Path(context.artifacts["model"]))
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> dict:  # noqa: ANN401
         del context, params
         return score_images(self.model, model_input)
+
+
+mlflow.models.set_model(PadimPyfunc())

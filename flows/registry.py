@@ -28,6 +28,8 @@ from .data import DataVersion
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG = "padim."
 PACKAGES = ("padim-plugin", "anomalib", "torch", "timm", "lightning", "mlflow", "prefect", "dvc")
+SCORING_PACKAGES = ("padim-plugin", "anomalib", "torch", "timm", "lightning", "mlflow")
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 
 
 def tracking_uri(root: Path) -> str:
@@ -131,8 +133,9 @@ class Registry:
                 mlflow.log_artifact(str(figure), "figures")
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=_pyfunc(),
+                python_model=str(PYFUNC_CODE),  # models-from-code: a file, not a pickle
                 artifacts={"model": str(model_path)},
+                pip_requirements=_pip_requirements(),
                 signature=_signature(),
                 input_example=_example_images(params.data.image_size),
             )
@@ -183,7 +186,10 @@ class Registry:
         return self.client.create_experiment(name, artifact_location=location)
 
     def _lineage_tags(self, data: DataVersion, cache_key: str, code_version: str) -> dict[str, str]:
+        from padim_plugin.artifact import FORMAT_VERSION as ARTIFACT_FORMAT_VERSION
+
         return {
+            f"{TAG}artifact_format": str(ARTIFACT_FORMAT_VERSION),
             f"{TAG}code_version": code_version,
             f"{TAG}data_md5": data.md5,
             f"{TAG}data_rev": data.rev or "",
@@ -194,10 +200,10 @@ class Registry:
         }
 
 
-def _pyfunc():  # noqa: ANN202
-    from .pyfunc import PadimPyfunc
-
-    return PadimPyfunc()
+def _pip_requirements() -> list[str]:
+    """What scoring a registered model needs: padim-plugin's own dependencies, pinned as installed."""
+    return [f"{name}=={version}" for name, version in _package_versions().items()
+            if name in SCORING_PACKAGES]
 
 
 def _example_images(size: int) -> np.ndarray:

@@ -101,7 +101,7 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
     logger = get_run_logger()
     logger.info("%s: fitting %s on %s", params.name, params.model.backbone, data.path)
     model, calibration = fit_line(params, data.path, work)
-    model_path = save_model(model, work / "model.pt")
+    model_path = save_model(model, params, work / "model", data.md5)
     evaluation = evaluate(model, params, data.path, work)
     write_metrics(evaluation, work / "metrics.json")
     logger.info("%s: threshold %s; %s", params.name, calibration.image_rule,
@@ -120,23 +120,39 @@ def register_candidate(root: Path, params: LineParams, data: DataVersion, traine
     )
 
 
+@dataclass(frozen=True)
+class ChampionScores:
+    """The champion's metrics on the candidate's data, or why it cannot be scored there."""
+
+    version: str
+    metrics: dict[str, float] | None
+    problem: str = ""
+
+
 @task(name="score champion on the same data", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
 def champion_scores(root: Path, params: LineParams, data: DataVersion,
-                    candidate_version: str) -> tuple[str, dict[str, float]] | None:
+                    candidate_version: str) -> ChampionScores | None:
     """The champion's metrics on this data version: logged ones if it was evaluated on exactly
-    this data by this code, else a fresh evaluation of the champion model."""
+    this data by this code, else a fresh evaluation of the champion model. A champion registered
+    before the data-only model format is not loaded (that would unpickle it)."""
+    from padim_plugin.artifact import FORMAT_VERSION
+
     from .evaluate import evaluate
 
     registry = Registry(root)
     champion = registry.champion(params.name)
     if champion is None or str(champion.version) == candidate_version:
         return None
-    tags = champion.tags
+    version, tags = str(champion.version), champion.tags
     if tags.get("padim.data_md5") == data.md5 and tags.get("padim.code_version") == code_version():
-        return str(champion.version), registry.run_metrics(champion.run_id)
-    model = registry.load_model(params.name, str(champion.version))
-    work = root / RUNS / f"champion-{params.name}-v{champion.version}-{data.md5[:12]}"
-    return str(champion.version), evaluate(model, params, data.path, work).metrics
+        return ChampionScores(version, registry.run_metrics(champion.run_id))
+    if tags.get("padim.artifact_format") != str(FORMAT_VERSION):
+        problem = (f"champion v{version} was registered before the data-only model format, so it is not"
+                   " loaded to be re-scored on this data (that would unpickle it)")
+        return ChampionScores(version, None, problem)
+    model = registry.load_model(params.name, version)
+    work = root / RUNS / f"champion-{params.name}-v{version}-{data.md5[:12]}"
+    return ChampionScores(version, evaluate(model, params, data.path, work).metrics)
 
 
 @task(name="apply promotion gates", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
@@ -153,15 +169,18 @@ def retrain_product_line(line: str, rev: str | None = None, root: str = ".") -> 
     data = pull_data(project, line, rev)
     validate_data(data, params)
     trained = fit_and_evaluate(params, data, project)
-    if not Path(trained.model_path).is_file():  # the cached fit's files were cleaned away
+    if not (Path(trained.model_path) / "manifest.json").is_file():  # the cached fit's files were cleaned away
         trained = fit_and_evaluate.with_options(refresh_cache=True)(params, data, project)
     candidate = register_candidate(project, params, data, trained)
     if candidate.decided:
         decision = Decision(candidate.decision == "champion", "unchanged data, params and code: reused")
     else:
         champion = champion_scores(project, params, data, candidate.version)
-        decision = decide(trained.metrics, champion[1] if champion else None, params.gates,
-                          champion[0] if champion else None, trained.unavailable)
+        if champion is not None and champion.problem:
+            decision = Decision(False, f"{champion.problem}; compare and promote by hand")
+        else:
+            decision = decide(trained.metrics, champion.metrics if champion else None, params.gates,
+                              champion.version if champion else None, trained.unavailable)
         apply_decision(project, line, candidate.version, decision)
     result = LineResult(line, data.md5, trained.metrics, candidate.version,
                         "champion" if decision.promote else "challenger", decision.reason)

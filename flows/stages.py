@@ -1,6 +1,6 @@
 """Entry points of the DVC pipeline (dvc.yaml): one product line per call, workspace data.
 
-    python -m flows.stages fit LINE        data/LINE        -> models/LINE/model.pt
+    python -m flows.stages fit LINE        data/LINE        -> models/LINE/ (safetensors + manifest)
     python -m flows.stages evaluate LINE   models/LINE + data/LINE -> metrics/LINE.json, plots/LINE/
 """
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.root / "params.yaml").line(args.line)
     data = args.root / "data" / args.line
-    model_path = args.root / "models" / args.line / "model.pt"
+    model_path = args.root / "models" / args.line
     with tempfile.TemporaryDirectory(prefix=f"padim-{args.line}-") as work:
         if args.stage == "fit":
             from .train import fit_line, save_model
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
             # never fit on invalid data
             validate_line(data, params.data.min_train_images, params.data.min_validation_images)
             model, _ = fit_line(params, data, Path(work))
-            save_model(model, model_path)
+            shutil.rmtree(model_path, ignore_errors=True)
+            save_model(model, params, model_path)
         else:
             from .evaluate import evaluate, write_metrics
             from .train import load_model

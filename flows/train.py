@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from torchvision.transforms.v2 import Resize
 
 from padim_plugin import StreamingPadim
@@ -98,12 +97,15 @@ def apply_calibration(model: StreamingPadim, calibration: Calibration) -> None:
         buffer.fill_(value)
 
 
-def save_model(model: StreamingPadim, path: Path) -> Path:
-    """The format of anomalib's torch export: ``{"model": module}``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.cpu().eval()}, path)
-    return path
+def save_model(model: StreamingPadim, params: LineParams, folder: Path, data_md5: str = "") -> Path:
+    """The model as data (padim_plugin.artifact: safetensors + manifest), never a pickle."""
+    from padim_plugin.artifact import save_artifact
+
+    return save_artifact(model.cpu().eval(), folder, params.data.image_size,
+                         {"line": params.name, "data_md5": data_md5})
 
 
-def load_model(path: Path) -> StreamingPadim:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"].eval()
+def load_model(folder: Path) -> StreamingPadim:
+    from padim_plugin.artifact import load_artifact
+
+    return load_artifact(folder)

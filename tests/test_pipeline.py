@@ -48,7 +48,7 @@ def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
     run(root, "dvc", "repro")
     metrics = json.loads((root / "metrics" / "tiny.json").read_text())
     assert metrics["image_auroc"] == 1.0
-    assert (root / "models" / "tiny" / "model.pt").is_file()
+    assert {p.name for p in (root / "models" / "tiny").iterdir()} == {"manifest.json", "tensors.safetensors"}
     assert {p.name for p in (root / "plots" / "tiny").iterdir()} == {"heatmaps.png", "roc.png",
                                                                      "score_histogram.png"}
     assert "didn't change" in run(root, "dvc", "repro") or "up to date" in run(root, "dvc", "status")

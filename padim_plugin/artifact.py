@@ -1,0 +1,167 @@
+"""A fitted StreamingPadim as data, not code: tensors in safetensors plus a JSON manifest.
+
+``torch.save`` of a module is a pickle: loading it runs whatever the file holds, and only where
+this exact package version is importable. Here the tensors are raw arrays (safetensors cannot hold
+code) and the manifest says how to rebuild the model around them: backbone, layers, channel subset,
+image size, normalisation and thresholds. Loading checks the format version and the tensors'
+SHA-256 before reading them, and building the model from the manifest is the only way in. The
+whitening factor is upper triangular, so only its packed triangle is stored: half the size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib.pre_processing import PreProcessor
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from .lightning_model import StreamingPadim
+
+MANIFEST, TENSORS = "manifest.json", "tensors.safetensors"
+FORMAT, FORMAT_VERSION = "padim-plugin/streaming-padim", 1
+POST_PROCESSOR_BUFFERS = ("_image_threshold", "_pixel_threshold", "image_min", "image_max", "pixel_min",
+                          "pixel_max")
+
+
+class ArtifactError(ValueError):
+    """A model artifact is missing, tampered with, truncated or of an incompatible format."""
+
+
+def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
+                  metadata_: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/tensors.safetensors`` and ``folder/manifest.json``; returns ``folder``."""
+    core = model.model
+    if not core.is_fitted:
+        raise ArtifactError("cannot save an unfitted StreamingPadim: fit it first")
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"backbone.{name}": value for name, value in core.feature_extractor.state_dict().items()}
+    rows, columns = torch.triu_indices(core.n_features, core.n_features)
+    tensors |= {
+        "channel_index": core.channel_index,
+        "mean": core.mean,
+        "whitening_packed": core.whitening[:, rows, columns],
+    }
+    post = model.post_processor
+    tensors |= {f"post_processor.{name}": getattr(post, name) for name in POST_PROCESSOR_BUFFERS}
+    save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, folder / TENSORS)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": core.backbone,
+        "layers": core.layers,
+        "n_features": core.n_features,
+        "epsilon": core.epsilon,
+        "image_size": image_size,
+        "normalisation": {"mean": list(_normalize(model).mean), "std": list(_normalize(model).std)},
+        "thresholds": {name: float(getattr(post, name)) for name in POST_PROCESSOR_BUFFERS},
+        "packages": _versions("padim-plugin", "anomalib", "torch", "timm"),
+        "tensors_sha256": _sha256(folder / TENSORS),
+        "metadata": metadata_ or {},
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def load_artifact(folder: Path) -> StreamingPadim:
+    """Rebuild the model the manifest describes and load the tensors into it; executes nothing
+    from the artifact. Raises ArtifactError naming the file and what is wrong."""
+    manifest = read_manifest(folder)
+    tensors_path = folder / TENSORS
+    if not tensors_path.is_file():
+        raise ArtifactError(f"{tensors_path}: missing")
+    if _sha256(tensors_path) != manifest["tensors_sha256"]:
+        raise ArtifactError(f"{tensors_path}: content does not match the manifest's SHA-256 (tampered or"
+                            " truncated)")
+    try:
+        tensors = load_file(tensors_path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ArtifactError(f"{tensors_path}: not a safetensors file ({error})") from None
+    size = manifest["image_size"]
+    try:
+        model = StreamingPadim(
+            backbone=manifest["backbone"],
+            layers=manifest["layers"],
+            n_features=manifest["n_features"],
+            weights=None,  # the backbone's weights come from the artifact, just below
+            epsilon=manifest["epsilon"],
+            pre_processor=PreProcessor(transform=Compose([
+                Resize((size, size), antialias=True),
+                Normalize(mean=manifest["normalisation"]["mean"], std=manifest["normalisation"]["std"]),
+            ])),
+            evaluator=False,
+            visualizer=False,
+        )
+    except (ValueError, RuntimeError, TypeError, KeyError) as error:
+        msg = f"{folder / MANIFEST}: describes a model that cannot be built ({error})"
+        raise ArtifactError(msg) from None
+    core = model.model
+    try:
+        core.feature_extractor.load_state_dict(
+            {name.removeprefix("backbone."): value for name, value in tensors.items()
+             if name.startswith("backbone.")}, strict=True)
+        n_features = tensors["channel_index"].numel()
+        packed = tensors["whitening_packed"]
+        whitening = packed.new_zeros(packed.shape[0], n_features, n_features)
+        rows, columns = torch.triu_indices(n_features, n_features)
+        whitening[:, rows, columns] = packed
+        core.load_state_dict({"channel_index": tensors["channel_index"], "mean": tensors["mean"],
+                              "whitening": whitening}, strict=False)
+        for name in POST_PROCESSOR_BUFFERS:
+            getattr(model.post_processor, name).copy_(tensors[f"post_processor.{name}"])
+    except (KeyError, RuntimeError) as error:
+        raise ArtifactError(f"{tensors_path}: tensors do not fit the manifest's model ({error})") from None
+    return model.eval()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    if folder.is_file():
+        msg = (f"{folder}: a single-file model, as padim-plugin saved them before its data-only format;"
+               " it is not loaded, since loading a pickle runs code: retrain to register a new version")
+        raise ArtifactError(msg)
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; not a padim-plugin model artifact") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format version {manifest.get('format_version')!r}; this padim-plugin"
+                            f" reads version {FORMAT_VERSION}")
+    missing = sorted({"backbone", "layers", "n_features", "epsilon", "image_size", "normalisation",
+                      "tensors_sha256"} - manifest.keys())
+    if missing:
+        raise ArtifactError(f"{path}: missing keys {missing}")
+    return manifest
+
+
+def _normalize(model: StreamingPadim) -> Normalize:
+    transform = model.pre_processor.transform
+    return next(t for t in getattr(transform, "transforms", [transform]) if isinstance(t, Normalize))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

@@ -1,0 +1,116 @@
+"""The model artifact is data: safetensors + manifest, rebuilt from the manifest, never executed."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.config import LineParams
+from flows.train import fit_line, save_model
+from padim_plugin.artifact import MANIFEST, TENSORS, ArtifactError, load_artifact
+from padim_plugin.scoring import score_images
+
+from .conftest import write_mvtec_folder
+
+PARAMS = LineParams(name="line", model={"n_features": 8},
+                    data={"image_size": 64, "train_batch_size": 4, "eval_batch_size": 4})
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, np.ndarray]:
+    base = tmp_path_factory.mktemp("artifact")
+    line = write_mvtec_folder(base / "line", 10, 3, 3, n_validation=3)
+    model, _ = fit_line(PARAMS, line, base / "work")
+    folder = save_model(model, PARAMS, base / "model", data_md5="abc.dir")
+    files = sorted((line / "test").rglob("*.png"))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+    return model, folder, images
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def test_a_loaded_artifact_scores_exactly_as_the_fitted_model(fitted: tuple, tmp_path: Path) -> None:
+    model, folder, images = fitted
+    assert {p.name for p in folder.iterdir()} == {MANIFEST, TENSORS}
+    loaded = load_artifact(folder)
+    expected, actual = score_images(model, images), score_images(loaded, images)
+    for key in ("pred_score", "pred_label", "anomaly_map"):
+        assert np.array_equal(expected[key], actual[key]), key
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["backbone"] == "efficientnet_lite0" and manifest["image_size"] == 64
+    assert manifest["metadata"] == {"line": "line", "data_md5": "abc.dir"}
+    assert manifest["thresholds"]["_image_threshold"] == float(model.post_processor._image_threshold)
+
+
+def test_only_the_triangle_of_the_whitening_factor_is_stored(fitted: tuple) -> None:
+    from safetensors import safe_open
+
+    model, folder, _ = fitted
+    positions, channels, _ = model.model.whitening.shape
+    with safe_open(folder / TENSORS, "pt") as tensors:
+        packed = tensors.get_slice("whitening_packed").get_shape()
+        assert packed == [positions, channels * (channels + 1) // 2]
+        assert "whitening" not in tensors.keys()
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete"])
+def test_damaged_tensors_are_refused_by_name(fitted: tuple, tmp_path: Path, damage: str) -> None:
+    folder = copy_of(fitted[1], tmp_path)
+    data = (folder / TENSORS).read_bytes()
+    if damage == "flip a byte":
+        (folder / TENSORS).write_bytes(data[:-100] + bytes([data[-100] ^ 1]) + data[-99:])
+    elif damage == "truncate":
+        (folder / TENSORS).write_bytes(data[: len(data) // 2])
+    else:
+        (folder / TENSORS).unlink()
+    with pytest.raises(ArtifactError, match=str(folder / TENSORS)):
+        load_artifact(folder)
+
+
+def test_tampered_or_incompatible_manifests_are_refused(fitted: tuple, tmp_path: Path) -> None:
+    folder = copy_of(fitted[1], tmp_path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for change, words in (({"format_version": 99}, "format version 99"), ({"format": "other"}, "not a"),
+                          ({"backbone": "resnet18"}, "cannot be built"),
+                          ({"n_features": 9}, "do not fit the manifest's model")):
+        (folder / MANIFEST).write_text(json.dumps(manifest | change))
+        with pytest.raises(ArtifactError, match=words):
+            load_artifact(folder)
+    (folder / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_artifact(folder)
+
+
+class Payload:
+    """What an attacker with write access to the registry would plant: code run on unpickling."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_pickle_in_place_of_the_tensors_is_refused_and_never_runs(fitted: tuple, tmp_path: Path) -> None:
+    import hashlib
+
+    folder = copy_of(fitted[1], tmp_path)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"model": Payload(marker)})
+    (folder / TENSORS).write_bytes(payload)
+    manifest = json.loads((folder / MANIFEST).read_text())  # the attacker fixes the checksum too
+    manifest["tensors_sha256"] = hashlib.sha256(payload).hexdigest()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not a safetensors file"):
+        load_artifact(folder)
+    assert not marker.exists()
+    pickle.loads(payload)  # the payload is real: unpickling it does run the code
+    assert marker.read_text() == "code ran"
