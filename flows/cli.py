@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
     predict.add_argument("--out", type=Path, required=True, help="folder for scores.csv and heatmaps")
     predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
+    predict.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
     predict.set_defaults(run=_predict)
 
     promote = commands.add_parser("promote", help="make a model version the line's champion")
@@ -163,37 +164,18 @@ def _demo(args: argparse.Namespace) -> int:
     return code
 
 
-def _predict(args: argparse.Namespace) -> None:
-    import csv
-
-    import mlflow
-    import numpy as np
-    from PIL import Image
-
-    from padim_plugin.images import decode_image
-    from padim_plugin.mvtec import is_image
-
-    from .registry import Registry, model_name
+def _predict(args: argparse.Namespace) -> int:
+    from .batch import list_images, score_files
+    from .registry import Registry
 
     Registry(args.root)  # points MLflow at the project's tracking store
-    files = [p for path in args.images for p in (sorted(path.rglob("*")) if path.is_dir() else [path])
-             if is_image(p)]
-    missing = [str(p) for p in args.images if not p.exists()]
-    if missing or not files:
-        raise FileNotFoundError(f"no images to score: {', '.join(missing) or args.images}")
-    uri = f"models:/{model_name(args.line)}@{args.alias}"
-    model = mlflow.pyfunc.load_model(uri)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "scores.csv").open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["image", "score", "label"])
-        for number, path in enumerate(files, 1):
-            output = model.predict(decode_image(path)[None])  # decoded as in fit and evaluation
-            writer.writerow([str(path), f"{output['pred_score'][0]:.6f}", int(output["pred_label"][0])])
-            heat = np.clip(output["anomaly_map"][0], 0, 1)
-            Image.fromarray((heat * 255).astype(np.uint8)).save(args.out / f"{path.stem}_heatmap.png")
-            print(f"[{number}/{len(files)}] {path}: score {output['pred_score'][0]:.3f}", flush=True)
-    print(f"wrote {args.out / 'scores.csv'} and {len(files)} heatmaps ({uri})")
+    report = score_files(args.line, list_images(args.images), args.out, args.alias, args.batch_size)
+    print(f"wrote {report.table} and {report.scored} heatmaps")
+    if report.failed:
+        print(f"{len(report.failed)} file(s) could not be scored (error rows in {report.table}):",
+              *report.failed, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _promote(args: argparse.Namespace) -> None:

@@ -176,14 +176,58 @@ def test_promote_and_rollback_by_hand(first_run: Path, capsys: pytest.CaptureFix
     assert str(registry.champion("alpha").version) == "1"  # a refused promotion changes nothing
 
 
+def read_table(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open() as stream:
+        return list(csv.DictReader(stream))
+
+
 def test_predict_writes_scores_and_heatmaps(first_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "predictions"
     images = first_run / "data" / "beta" / "test" / "spot"
     assert main(["--root", str(first_run), "predict", "beta", str(images), "--out", str(out)]) == 0
-    rows = (out / "scores.csv").read_text().splitlines()
-    assert rows[0] == "image,score,label" and len(rows) == 1 + 4
-    assert sum(row.endswith(",1") for row in rows[1:]) >= 3  # one may sit on the threshold
+    rows = read_table(out / "scores.csv")
+    champion = Registry(first_run).champion("beta")
+    assert len(rows) == 4 and sum(row["label"] == "1" for row in rows) >= 3
+    assert {row["model_version"] for row in rows} == {str(champion.version)}
+    assert {row["data_md5"] for row in rows} == {champion.tags["padim.data_md5"]}
     assert len(list(out.glob("*_heatmap.png"))) == 4
+
+
+def test_batch_scoring_reports_bad_files_as_rows_and_matches_one_by_one(
+        first_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    drop = tmp_path / "drop"
+    shutil.copytree(first_run / "data" / "beta" / "test", drop)
+    small = sorted((drop / "good").iterdir())[0]
+    Image.open(small).resize((48, 40)).save(small)  # another camera's size in the same batch
+    (drop / "good" / "truncated.png").write_bytes(sorted((drop / "spot").iterdir())[0].read_bytes()[:200])
+    (drop / "good" / "notes.png").write_text("not an image")
+    tables = {}
+    for size in ("1", "5"):
+        out = tmp_path / f"out{size}"
+        args = ["predict", "beta", str(drop), "--out", str(out), "--batch-size", size]
+        code = main(["--root", str(first_run), *args])
+        assert code == 1 and "2 file(s) could not be scored" in capsys.readouterr().err
+        tables[size] = {row["image"]: row for row in read_table(out / "scores.csv")}
+    rows = tables["5"]
+    assert len(rows) == 10 and {Path(p).name for p, r in rows.items() if r["error"]} == {"truncated.png",
+                                                                                         "notes.png"}
+    assert "does not decode" in rows[str(drop / "good" / "truncated.png")]["error"]
+    for path, row in rows.items():
+        if not row["error"]:
+            assert float(row["score"]) == pytest.approx(float(tables["1"][path]["score"]), abs=1e-5), path
+
+
+def test_score_images_flow_writes_the_same_table(first_run: Path, tmp_path: Path) -> None:
+    from flows.batch import score_images
+
+    images = first_run / "data" / "beta" / "test"
+    report = score_images("beta", str(images), str(tmp_path / "flow"), root=str(first_run))
+    assert report.scored == 8 and not report.failed
+    args = ["predict", "beta", str(images), "--out", str(tmp_path / "cli")]
+    assert main(["--root", str(first_run), *args]) == 0
+    assert read_table(report.table) == read_table(tmp_path / "cli" / "scores.csv")
 
 
 def test_dask_task_runner_on_a_local_cluster(first_run: Path) -> None:

@@ -1,0 +1,133 @@
+"""Batch scoring with a registered line model: the command line's ``predict`` and a Prefect flow.
+
+Images are decoded by the shared decoder, scored in batches (images of one size per call, since a
+batch is one array), and written as a results table (path, score, label, threshold, model version,
+data md5, error) plus a heatmap overlay per image. An unreadable file becomes an error row and the
+run goes on; the caller learns how many failed.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, get_run_logger
+
+from padim_plugin.images import ImageDecodeError, decode_image
+from padim_plugin.mvtec import is_image
+
+COLUMNS = ("image", "score", "label", "threshold", "model_version", "data_md5", "error")
+
+
+@dataclass
+class ScoringReport:
+    """What a batch-scoring run wrote."""
+
+    table: Path
+    scored: int = 0
+    failed: list[str] = field(default_factory=list)  # "path: reason"
+
+
+def list_images(sources: list[Path]) -> list[Path]:
+    """Image files in ``sources`` (files, or folders searched recursively), in a stable order."""
+    missing = [str(p) for p in sources if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    files = [p for path in sources for p in (sorted(path.rglob("*")) if path.is_dir() else [path])
+             if p.is_file() and (is_image(p) or not path.is_dir())]
+    if not files:
+        raise FileNotFoundError(f"no images to score in {', '.join(map(str, sources))}")
+    return files
+
+
+def score_files(line: str, files: list[Path], out: Path, alias: str = "champion", batch_size: int = 16,
+                progress: Callable[[str], None] = print) -> ScoringReport:
+    """Score ``files`` with ``models:/padim-<line>@<alias>``; write ``out/scores.csv`` and heatmaps."""
+    import mlflow
+
+    from .registry import model_name
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    uri = f"models:/{model_name(line)}@{alias}"
+    version = mlflow.MlflowClient().get_model_version_by_alias(model_name(line), alias)
+    model = mlflow.pyfunc.load_model(uri)
+    threshold = float(model.unwrap_python_model().model.post_processor._image_threshold)  # noqa: SLF001
+    context = [f"{threshold:.6f}", str(version.version), version.tags.get("padim.data_md5", "")]
+    out.mkdir(parents=True, exist_ok=True)
+    report = ScoringReport(out / "scores.csv")
+    with report.table.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(COLUMNS)
+        done = 0
+        for batch in _batches(files, batch_size):
+            for path, error in batch.errors:
+                writer.writerow([str(path), "", "", *context, error])
+                report.failed.append(f"{path}: {error}")
+            for paths, images in batch.by_size():
+                output = model.predict(images)
+                for index, path in enumerate(paths):
+                    score, label = float(output["pred_score"][index]), int(output["pred_label"][index])
+                    writer.writerow([str(path), f"{score:.6f}", label, *context, ""])
+                    overlay = out / f"{path.stem}_heatmap.png"
+                    _save_overlay(images[index], output["anomaly_map"][index], overlay)
+                report.scored += len(paths)
+            done += batch.size
+            progress(f"[{done}/{len(files)}] scored {report.scored}, failed {len(report.failed)} ({uri})")
+    return report
+
+
+@dataclass
+class _Batch:
+    images: list[tuple[Path, np.ndarray]]
+    errors: list[tuple[Path, str]]
+
+    @property
+    def size(self) -> int:
+        return len(self.images) + len(self.errors)
+
+    def by_size(self) -> Iterator[tuple[list[Path], np.ndarray]]:
+        """The decoded images grouped by shape, each group one array (N, H, W, 3)."""
+        shapes = dict.fromkeys(image.shape for _, image in self.images)
+        for shape in shapes:
+            group = [(path, image) for path, image in self.images if image.shape == shape]
+            yield [path for path, _ in group], np.stack([image for _, image in group])
+
+
+def _batches(files: list[Path], batch_size: int) -> Iterator[_Batch]:
+    for start in range(0, len(files), batch_size):
+        batch = _Batch([], [])
+        for path in files[start : start + batch_size]:
+            try:
+                batch.images.append((path, decode_image(path)))
+            except ImageDecodeError as error:
+                batch.errors.append((path, str(error).removeprefix(f"{path}: ")))
+        yield batch
+
+
+def _save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: Path) -> None:
+    """The image with its normalised anomaly map blended in red (0.5 = the threshold)."""
+    from PIL import Image
+
+    heat = np.clip(anomaly_map, 0, 1)[..., None]
+    red = np.zeros_like(image, dtype=np.float32)
+    red[..., 0] = 255
+    blended = image.astype(np.float32) * (1 - 0.6 * heat) + red * 0.6 * heat
+    Image.fromarray(blended.round().astype(np.uint8)).save(path)
+
+
+@flow(name="score-images", log_prints=True)
+def score_images(line: str, source: str, out: str, alias: str = "champion", batch_size: int = 16,
+                 root: str = ".") -> ScoringReport:
+    """Scheduled batch inference: score every image under ``source`` with the line's ``alias``."""
+    from .registry import Registry
+
+    Registry(Path(root))  # points MLflow at the project's tracking store
+    logger = get_run_logger()
+    report = score_files(line, list_images([Path(source)]), Path(out), alias, batch_size, logger.info)
+    if report.failed:
+        logger.warning("%d file(s) could not be scored:\n%s", len(report.failed), "\n".join(report.failed))
+    return report
