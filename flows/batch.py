@@ -18,8 +18,10 @@ from prefect import flow, get_run_logger
 
 from padim_plugin.images import ImageDecodeError, decode_image
 from padim_plugin.mvtec import is_image
+from padim_plugin.scoring import raw_image_threshold
 
-COLUMNS = ("image", "score", "label", "threshold", "model_version", "data_md5", "error")
+# score: normalised, the model's threshold at 0.5; raw_threshold: that threshold in raw score units
+COLUMNS = ("image", "score", "label", "raw_threshold", "model_version", "data_md5", "heatmap", "error")
 
 
 @dataclass
@@ -53,9 +55,12 @@ def score_files(line: str, files: list[Path], out: Path, alias: str = "champion"
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     uri = f"models:/{model_name(line)}@{alias}"
-    version = mlflow.MlflowClient().get_model_version_by_alias(model_name(line), alias)
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(model_name(line), alias)
+    except mlflow.exceptions.MlflowException:
+        raise KeyError(f"{model_name(line)} has no @{alias} in the registry") from None
     model = mlflow.pyfunc.load_model(uri)
-    threshold = float(model.unwrap_python_model().model.post_processor._image_threshold)  # noqa: SLF001
+    threshold = raw_image_threshold(model.unwrap_python_model().model)
     context = [f"{threshold:.6f}", str(version.version), version.tags.get("padim.data_md5", "")]
     out.mkdir(parents=True, exist_ok=True)
     report = ScoringReport(out / "scores.csv")
@@ -65,14 +70,14 @@ def score_files(line: str, files: list[Path], out: Path, alias: str = "champion"
         done = 0
         for batch in _batches(files, batch_size):
             for path, error in batch.errors:
-                writer.writerow([str(path), "", "", *context, error])
+                writer.writerow([str(path), "", "", *context, "", error])
                 report.failed.append(f"{path}: {error}")
             for paths, images in batch.by_size():
                 output = model.predict(images)
                 for index, path in enumerate(paths):
                     score, label = float(output["pred_score"][index]), int(output["pred_label"][index])
-                    writer.writerow([str(path), f"{score:.6f}", label, *context, ""])
-                    overlay = out / f"{path.stem}_heatmap.png"
+                    overlay = out / f"{files.index(path):05d}_{path.stem}_heatmap.png"  # unique per file
+                    writer.writerow([str(path), f"{score:.6f}", label, *context, overlay.name, ""])
                     _save_overlay(images[index], output["anomaly_map"][index], overlay)
                 report.scored += len(paths)
             done += batch.size

@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_data_demo)
     check = data.add_parser("validate", help="check a folder without adding it")
     check.add_argument("path", type=Path)
-    check.add_argument("--min-train", type=int, default=1)
-    check.add_argument("--min-validation", type=int, default=0)
+    check.add_argument("--min-train", type=int, help="default: data.min_train_images in params.yaml")
+    check.add_argument("--min-validation", type=int,
+                       help="default: data.min_validation_images in params.yaml")
     check.set_defaults(run=_data_validate)
     pull = data.add_parser("pull", help="materialise a line's data at a git revision")
     pull.add_argument("line")
@@ -117,7 +118,14 @@ def _data_add(args: argparse.Namespace) -> None:
         raise ValueError("give either PATH (MVTec layout) or --normal/--defects [--masks], not both")
     if args.replace and not args.append:
         raise ValueError("--replace goes with --append: a plain add replaces the whole line anyway")
-    previous = DataStore(args.root).pull(args.line).path if args.append else None
+    previous = None
+    if args.append:
+        store = DataStore(args.root)
+        if store.md5(args.line) != store.md5(args.line, "HEAD"):
+            msg = (f"{store.pointer(args.line)} differs from the committed version: commit it first, since"
+                   " --append builds on the committed version")
+            raise ValueError(msg)
+        previous = store.pull(args.line).path
     if args.path is not None:
         incoming = from_mvtec_folder(args.path, params.data.split)
     else:
@@ -243,9 +251,14 @@ def _add_line(root: Path, line: str, stage: Callable[[Path], StagingReport], dat
 
 
 def _data_validate(args: argparse.Namespace) -> None:
+    from .config import load_params
     from .validation import describe, validate_line
 
-    validate_line(args.path, args.min_train, args.min_validation)
+    project = load_params(args.root / "params.yaml")
+    data = (project.lines.get(args.path.name) or project.line_or_defaults("defaults")).data
+    minimum_train = data.min_train_images if args.min_train is None else args.min_train
+    minimum_validation = data.min_validation_images if args.min_validation is None else args.min_validation
+    validate_line(args.path, minimum_train, minimum_validation)
     print(f"{args.path}: valid ({describe(args.path)})")
 
 

@@ -21,6 +21,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from padim_plugin import StreamingPadim
 from padim_plugin.mvtec import mvtec_samples
+from padim_plugin.scoring import raw_image_threshold
 
 from .config import LineParams
 from .predictions import Predictions, predict_role
@@ -48,7 +49,7 @@ class Evaluation:
 def evaluate(model: StreamingPadim, params: LineParams, data_path: Path, work_dir: Path) -> Evaluation:
     """Predict the test split once and compute every metric from those predictions."""
     test = predict_role(model, params, data_path, "test", work_dir)
-    threshold = float(model.post_processor._image_threshold)  # noqa: SLF001  # set by calibration
+    threshold = raw_image_threshold(model)  # set by calibration, from validation
     metrics, unavailable = role_counts(data_path), {}
     for name, value in image_metrics(test.labels, test.scores, threshold).items():
         if isinstance(value, str):
@@ -61,7 +62,8 @@ def evaluate(model: StreamingPadim, params: LineParams, data_path: Path, work_di
         metrics["pixel_auroc"] = float(roc_auc_score(test.pixel_labels, test.pixel_scores))
         metrics["pixel_aupro"] = _aupro(test)
     else:
-        unavailable |= {"pixel_auroc": NO_MASKS, "pixel_aupro": NO_MASKS}
+        why = NO_MASKS if (test.labels == 1).any() else NO_DEFECTS
+        unavailable |= {"pixel_auroc": why, "pixel_aupro": why}
     evaluation = Evaluation(metrics, unavailable, test.image_paths, test.labels, test.scores)
     evaluation.figures = draw_figures(evaluation, test.batches, work_dir / "figures", threshold)
     return evaluation

@@ -27,22 +27,29 @@ from padim_plugin.mvtec import NORMAL, ROLE_SPLITS, is_image, mask_candidates
 from .config import SplitParams
 from .roles import Role, assign_fit_role, assign_role, image_key
 from .validation import DataValidationError, orphan_masks, stray_entries
+from .validation import subdirs as _subdirs
 
 DEFAULT_DEFECT_KIND = "defect"
 
 
 @dataclass(frozen=True)
 class Incoming:
-    """One image to import, with the role it will have and its mask, if any."""
+    """One image to import, with the role it will have, its mask if any, and the file name it is
+    stored under (its own, unless an MVTec source reuses the name across its splits)."""
 
     source: Path
     label: str  # "good" or a defect kind
     role: Role
     mask: Path | None = None
+    name: str = ""
+
+    @property
+    def stored_name(self) -> str:
+        return self.name or self.source.name
 
     @property
     def key(self) -> str:
-        return image_key(self.label, self.source.name)
+        return image_key(self.label, self.stored_name)
 
 
 @dataclass
@@ -52,11 +59,14 @@ class StagingReport:
     added: Counter = field(default_factory=Counter)
     skipped: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
+    masks_added: int = 0
     sources: dict[str, str] = field(default_factory=dict)  # staged path -> the user's path
 
     def summary(self) -> str:
         added = ", ".join(f"{role} +{count}" for role, count in sorted(self.added.items())) or "nothing"
         lines = [f"added {added}"]
+        if self.masks_added:
+            lines.append(f"added {self.masks_added} mask(s) to images already in the line")
         if self.replaced:
             lines.append(f"replaced {len(self.replaced)}: {', '.join(self.replaced)}")
         if self.skipped:
@@ -66,24 +76,28 @@ class StagingReport:
 
 
 def from_mvtec_folder(source: Path, split: SplitParams) -> list[Incoming]:
-    """The images of an MVTec-layout folder with their roles (see the module docstring)."""
+    """The images of an MVTec-layout folder with their roles (see the module docstring). A file
+    name that the source uses in several splits for one label (MVTec AD's ``good/000.png``) is
+    stored with its split as prefix (``train_000.png``, ``test_000.png``), one key per image."""
     if not source.is_dir():
         raise FileNotFoundError(f"data folder {source} does not exist")
     problems = stray_entries(source, top_level=False) + orphan_masks(source)
-    incoming = []
+    found: list[tuple[str, Path, str, Role]] = []  # (source split, image, label, role)
     for image in _images(source / "train" / NORMAL, required=False):
         role = assign_fit_role(image_key(NORMAL, image.name), split.seed, split.train, split.validation)
-        incoming.append(Incoming(image, NORMAL, role))
+        found.append(("train", image, NORMAL, role))
     for role in ("validation", "test"):
-        for label_dir in _subdirs(source / role):
-            for image in _images(label_dir):
-                masks = mask_candidates(source / "ground_truth" / label_dir.name, image.stem)
-                if label_dir.name == NORMAL:
-                    masks = []
-                if len(masks) > 1:
-                    names = ", ".join(m.name for m in masks)
-                    problems.append(f"{image}: {len(masks)} masks ({names}), expected one")
-                incoming.append(Incoming(image, label_dir.name, role, masks[0] if masks else None))
+        found += [(role, image, label_dir.name, role) for label_dir in _subdirs(source / role)
+                  for image in _images(label_dir)]
+    keys = Counter(image_key(label, image.name) for _, image, label, _ in found)
+    reused = {key for key, count in keys.items() if count > 1}
+    incoming = []
+    for source_split, image, label, role in found:
+        masks = mask_candidates(source / "ground_truth" / label, image.stem) if label != NORMAL else []
+        if len(masks) > 1:
+            problems.append(f"{image}: {len(masks)} masks ({', '.join(m.name for m in masks)}), expected one")
+        name = f"{source_split}_{image.name}" if image_key(label, image.name) in reused else ""
+        incoming.append(Incoming(image, label, role, masks[0] if masks else None, name))
     if problems:
         raise DataValidationError(str(source), problems)
     return incoming
@@ -91,9 +105,15 @@ def from_mvtec_folder(source: Path, split: SplitParams) -> list[Incoming]:
 
 def from_separate_folders(normal: Path | None, defects: Path | None, masks: Path | None,
                           split: SplitParams) -> list[Incoming]:
-    """Normal and defect images (masks optional), each with its role by the stable hash."""
+    """Normal and defect images (masks optional), each with its role by the stable hash. Files
+    that are not images, and masks that belong to no image, are problems, reported together."""
     if normal is None and defects is None:
         raise ValueError("give a folder of normal images (--normal) and/or of defect images (--defects)")
+    if masks is not None and not masks.is_dir():
+        raise FileNotFoundError(f"mask folder {masks} does not exist")
+    problems = [f"{path}: stray {'folder' if path.is_dir() else 'file'} (not an image)"
+                for folder, kinds in ((normal, False), (defects, True), (masks, True)) if folder is not None
+                for path in _strays(folder, kinds)]
     incoming = []
     if normal is not None:
         images = _images(normal)
@@ -103,14 +123,19 @@ def from_separate_folders(normal: Path | None, defects: Path | None, masks: Path
             role = assign_role(image_key(NORMAL, image.name), False, split.seed, split.train,
                                split.validation, split.defect_validation)
             incoming.append(Incoming(image, NORMAL, role))
-    if masks is not None and not masks.is_dir():
-        raise FileNotFoundError(f"mask folder {masks} does not exist")
+    used_masks: set[Path] = set()
     for kind, images in (_defects_by_kind(defects) if defects is not None else {}).items():
         for image in images:
             role = assign_role(image_key(kind, image.name), True, split.seed, split.train,
                                split.validation, split.defect_validation)
             mask = _find_source_mask(masks, kind, image.stem) if masks is not None else None
+            used_masks.add(mask)
             incoming.append(Incoming(image, kind, role, mask))
+    if masks is not None:
+        problems += [f"{mask}: mask without a defect image of that name in {defects}"
+                     for mask in sorted(p for p in masks.rglob("*") if is_image(p)) if mask not in used_masks]
+    if problems:
+        raise DataValidationError(str(normal or defects), problems)
     return incoming
 
 
@@ -119,12 +144,15 @@ def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,
     """Write ``previous`` (a line's current version, if appending) plus ``incoming`` to ``staging``.
 
     A new image whose key (label/name) exists with other content is an error unless ``replace``
-    (then it replaces that file in its role); identical content, under any name, is skipped.
+    (then it replaces that file in its role); identical content, under any name, is skipped, but a
+    mask that comes with an identical image is added to it. Within a defect kind, file stems must
+    be unique, since masks are paired with images by stem.
     """
     report = StagingReport()
     staging.mkdir(parents=True, exist_ok=True)
     existing: dict[str, list[Path]] = {}  # key -> stored files
     by_content: dict[str, str] = {}  # content digest -> what holds it
+    stems: dict[tuple[str, str], str] = {}  # (defect kind, stem) -> stored file name
     if previous is not None:
         shutil.copytree(previous, staging, dirs_exist_ok=True, copy_function=shutil.copyfile)
         for role in ROLE_SPLITS:
@@ -132,13 +160,17 @@ def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,
                 for stored in _images(label_dir):
                     existing.setdefault(image_key(label_dir.name, stored.name), []).append(stored)
                     by_content.setdefault(_digest(stored), f"{role}/{label_dir.name}/{stored.name}")
+                    stems[label_dir.name, stored.stem] = stored.name
     problems = []
     for item in incoming:
         digest = _digest(item.source)
         stored = existing.get(item.key, [])
         same = [path for path in stored if _digest(path) == digest]
         if same:
-            report.skipped.append(f"{item.source}: already in the line as {_relative(same[0], staging)}")
+            if item.mask is not None:
+                problems += _add_mask_to_stored(item, same[0], staging, replace, report)
+            else:
+                report.skipped.append(f"{item.source}: already in the line as {_relative(same[0], staging)}")
             continue
         if stored and not replace:
             where = ", ".join(_relative(path, staging) for path in stored)
@@ -151,23 +183,51 @@ def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,
         if not stored and digest in by_content:
             report.skipped.append(f"{item.source}: same content as {by_content[digest]}")
             continue
+        stem = Path(item.stored_name).stem
+        clash = stems.get((item.label, stem)) if item.label != NORMAL else None
+        if clash is not None and clash != item.stored_name:
+            problems.append(f"{item.source}: {item.label}/{clash} has the same stem, and masks are paired"
+                            " with images by stem; rename one")
+            continue
         role = _relative(stored[0], staging).split("/")[0] if stored else item.role
-        target = _copy(item.source, staging / role / item.label)
+        target = _copy(item.source, staging / role / item.label, item.stored_name)
         report.sources[target] = str(item.source)
+        existing[item.key] = [Path(target)]
         by_content[digest] = f"{role}/{item.key}"
+        stems[item.label, stem] = item.stored_name
         if stored:
             report.replaced.append(_relative(stored[0], staging))
-            for old_mask in mask_candidates(staging / "ground_truth" / item.label, item.source.stem):
+            for old_mask in mask_candidates(staging / "ground_truth" / item.label, stem):
                 old_mask.unlink()
         else:
             report.added[role] += 1
         if item.mask is not None:
-            mask_name = f"{item.source.stem}_mask{item.mask.suffix}"
-            staged_mask = _copy(item.mask, staging / "ground_truth" / item.label, mask_name)
-            report.sources[staged_mask] = str(item.mask)
+            _copy_mask(item, staging, report)
     if problems:
         raise DataValidationError(str(staging), problems)
     return report
+
+
+def _add_mask_to_stored(item: Incoming, stored: Path, staging: Path, replace: bool,
+                        report: StagingReport) -> list[str]:
+    """An identical image came with a mask: give the stored image that mask, unless it has another."""
+    current = mask_candidates(staging / "ground_truth" / item.label, stored.stem)
+    if current and all(_digest(mask) == _digest(item.mask) for mask in current):
+        report.skipped.append(f"{item.source}: already in the line, with this mask")
+        return []
+    if current and not replace:
+        return [f"{item.mask}: {_relative(current[0], staging)} exists with other content"
+                " (--replace replaces it)"]
+    for mask in current:
+        mask.unlink()
+    _copy_mask(item, staging, report)
+    report.masks_added += 1
+    return []
+
+
+def _copy_mask(item: Incoming, staging: Path, report: StagingReport) -> None:
+    name = f"{Path(item.stored_name).stem}_mask{item.mask.suffix}"
+    report.sources[_copy(item.mask, staging / "ground_truth" / item.label, name)] = str(item.mask)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -178,16 +238,25 @@ def _digest(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-
-
 def _images(folder: Path, required: bool = True) -> list[Path]:
     if not folder.is_dir():
         if not required:
             return []
         raise FileNotFoundError(f"image folder {folder} does not exist")
     return sorted(p for p in folder.iterdir() if is_image(p))
+
+
+def _strays(folder: Path, kinds: bool) -> list[Path]:
+    """Entries of an import folder that are not images (or, if ``kinds``, folders of images)."""
+    if not folder.is_dir():
+        return []
+    strays = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and kinds:
+            strays += [p for p in sorted(entry.iterdir()) if not is_image(p)]
+        elif not is_image(entry):
+            strays.append(entry)
+    return strays
 
 
 def _defects_by_kind(defects: Path) -> dict[str, list[Path]]:

@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 
 from padim_plugin.artifact import load_artifact
-from padim_plugin.scoring import score_images
+from padim_plugin.scoring import score_arrays
 
 
 class PadimPyfunc(mlflow.pyfunc.PythonModel):
@@ -28,7 +28,7 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> dict:  # noqa: ANN401
         del context, params
-        return score_images(self.model, model_input)
+        return score_arrays(self.model, model_input)
 
 
 mlflow.models.set_model(PadimPyfunc())

@@ -12,7 +12,6 @@ import getpass
 import json
 import os
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -226,13 +225,9 @@ def _signature():  # noqa: ANN202
 
 
 def _package_versions() -> dict[str, str]:
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    from padim_plugin.artifact import package_versions
+
+    return package_versions(*PACKAGES)
 
 
 def _git_commit(root: Path) -> str:

@@ -48,15 +48,19 @@ def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     f1 = 2 * tp / (n_predicted + labels.sum())
     best = int(np.argmax(f1))
     cut_scores = sorted_scores[last_of_run]
-    lowest_positive = cut_scores[best]
-    below = cut_scores[best + 1] if best + 1 < len(cut_scores) else None
-    if below is None:  # every sample predicted defective
-        return float(np.nextafter(lowest_positive, -np.inf))
-    return float((lowest_positive + below) / 2)
+    lowest_positive = np.float32(cut_scores[best])
+    below = np.float32(cut_scores[best + 1]) if best + 1 < len(cut_scores) else None
+    # the model stores thresholds in float32: choose one that separates the scores there too
+    threshold = np.float32((lowest_positive + below) / 2) if below is not None else lowest_positive
+    if not (below is None or below < threshold) or not threshold < lowest_positive:
+        threshold = np.nextafter(lowest_positive, np.float32(-np.inf))
+    return float(threshold)
 
 
 def quantile_threshold(normal_scores: np.ndarray, quantile: float) -> float:
-    """The ``quantile`` of normal scores: about ``1 - quantile`` of normal images lie above it."""
+    """The ``quantile`` of normal scores. New normal images exceed it at a rate of about
+    ``max(1 - quantile, 1 / (N + 1))`` for N validation normals: below N = 1 / (1 - quantile)
+    (200 at 0.995) the threshold sits near the largest normal score and false alarms run higher."""
     normal_scores = np.asarray(normal_scores, dtype=np.float64)
     if normal_scores.size == 0:
         raise ValueError("a quantile threshold needs normal validation samples")

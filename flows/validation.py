@@ -72,10 +72,10 @@ def validate_line(root: Path, min_train_images: int = 1, min_validation_images: 
         problems.append(f"{root / 'validation' / NORMAL}: {len(validation_normals)} normal validation"
                         f" images, at least {min_validation_images} needed for a threshold")
     test = root / "test"
-    if not any(_images(folder) for folder in _subdirs(test)):
+    if not any(_images(folder) for folder in subdirs(test)):
         problems.append(f"{test}: no test images (metrics and gates need test/good and/or test/<kind>)")
     sizes = {}
-    labelled = [i for role in ("validation", "test") for d in _subdirs(root / role) for i in _images(d)]
+    labelled = [i for role in ("validation", "test") for d in subdirs(root / role) for i in _images(d)]
     for image in train_images + labelled:
         try:
             height, width = decode_image(image).shape[:2]
@@ -83,7 +83,7 @@ def validate_line(root: Path, min_train_images: int = 1, min_validation_images: 
         except ImageDecodeError as error:
             problems.append(str(error))
     for role in ("validation", "test"):
-        for defect_dir in (d for d in _subdirs(root / role) if d.name != NORMAL):
+        for defect_dir in (d for d in subdirs(root / role) if d.name != NORMAL):
             for image in _images(defect_dir):
                 problems += _mask_problems(root, defect_dir.name, image, sizes.get(image))
     problems += orphan_masks(root)
@@ -91,7 +91,7 @@ def validate_line(root: Path, min_train_images: int = 1, min_validation_images: 
         raise DataValidationError(str(root), problems)
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
@@ -116,7 +116,7 @@ def stray_entries(root: Path, top_level: bool = True) -> list[str]:
     if (root / "ground_truth" / NORMAL).exists():
         problems.append(f"{root / 'ground_truth' / NORMAL}: normal images have no masks")
     for split in (*ROLE_SPLITS, "ground_truth"):
-        for label_dir in _subdirs(root / split):
+        for label_dir in subdirs(root / split):
             for entry in sorted(label_dir.iterdir()):
                 if not is_image(entry):
                     kind = "folder" if entry.is_dir() else "file"
@@ -155,7 +155,7 @@ def _mask_problems(root: Path, defect: str, image: Path, size: tuple[int, int] |
 
 def orphan_masks(root: Path) -> list[str]:
     problems = []
-    for mask_dir in _subdirs(root / "ground_truth"):
+    for mask_dir in subdirs(root / "ground_truth"):
         kind = mask_dir.name
         stems = {p.stem for role in ("validation", "test") for p in _images(root / role / kind)}
         for mask in _images(mask_dir):
@@ -168,6 +168,6 @@ def describe(root: Path) -> dict[str, int]:
     """Image counts per role/label, for printing what was added."""
     counts = {}
     for split in ROLE_SPLITS:
-        for label_dir in _subdirs(root / split):
+        for label_dir in subdirs(root / split):
             counts[f"{split}/{label_dir.name}"] = len(_images(label_dir))
     return counts

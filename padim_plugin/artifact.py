@@ -61,7 +61,7 @@ def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
         "image_size": image_size,
         "normalisation": {"mean": list(_normalize(model).mean), "std": list(_normalize(model).std)},
         "thresholds": {name: float(getattr(post, name)) for name in POST_PROCESSOR_BUFFERS},
-        "packages": _versions("padim-plugin", "anomalib", "torch", "timm"),
+        "packages": package_versions("padim-plugin", "anomalib", "torch", "timm"),
         "tensors_sha256": _sha256(folder / TENSORS),
         "metadata": metadata_ or {},
     }
@@ -157,7 +157,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _versions(*packages: str) -> dict[str, str]:
+def package_versions(*packages: str) -> dict[str, str]:
+    """Installed versions of those ``packages`` that are installed."""
     found = {}
     for package in packages:
         try:

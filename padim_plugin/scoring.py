@@ -12,7 +12,12 @@ import torch
 from torch.nn import functional as F
 
 
-def score_images(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
+def raw_image_threshold(model: torch.nn.Module) -> float:
+    """The image threshold in raw score units, as the model's post-processor holds it."""
+    return float(model.post_processor._image_threshold)  # noqa: SLF001  # anomalib keeps it private
+
+
+def score_arrays(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
     """Run the full anomalib pipeline (pre-processor, model, post-processor) on a batch."""
     array = np.asarray(images)
     if array.ndim == 3:

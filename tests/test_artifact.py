@@ -14,7 +14,7 @@ from PIL import Image
 from flows.config import LineParams
 from flows.train import fit_line, save_model
 from padim_plugin.artifact import MANIFEST, TENSORS, ArtifactError, load_artifact
-from padim_plugin.scoring import score_images
+from padim_plugin.scoring import raw_image_threshold, score_arrays
 
 from .conftest import write_mvtec_folder
 
@@ -41,13 +41,13 @@ def test_a_loaded_artifact_scores_exactly_as_the_fitted_model(fitted: tuple, tmp
     model, folder, images = fitted
     assert {p.name for p in folder.iterdir()} == {MANIFEST, TENSORS}
     loaded = load_artifact(folder)
-    expected, actual = score_images(model, images), score_images(loaded, images)
+    expected, actual = score_arrays(model, images), score_arrays(loaded, images)
     for key in ("pred_score", "pred_label", "anomaly_map"):
         assert np.array_equal(expected[key], actual[key]), key
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["backbone"] == "efficientnet_lite0" and manifest["image_size"] == 64
     assert manifest["metadata"] == {"line": "line", "data_md5": "abc.dir"}
-    assert manifest["thresholds"]["_image_threshold"] == float(model.post_processor._image_threshold)
+    assert manifest["thresholds"]["_image_threshold"] == raw_image_threshold(model)
 
 
 def test_only_the_triangle_of_the_whitening_factor_is_stored(fitted: tuple) -> None:

@@ -192,7 +192,8 @@ def test_predict_writes_scores_and_heatmaps(first_run: Path, tmp_path: Path) -> 
     assert len(rows) == 4 and sum(row["label"] == "1" for row in rows) >= 3
     assert {row["model_version"] for row in rows} == {str(champion.version)}
     assert {row["data_md5"] for row in rows} == {champion.tags["padim.data_md5"]}
-    assert len(list(out.glob("*_heatmap.png"))) == 4
+    assert sorted(p.name for p in out.glob("*_heatmap.png")) == sorted(row["heatmap"] for row in rows)
+    assert main(["--root", str(first_run), "predict", "nosuchline", str(images), "--out", str(out)]) == 1
 
 
 def test_batch_scoring_reports_bad_files_as_rows_and_matches_one_by_one(
@@ -305,8 +306,9 @@ def test_normal_only_line_is_refused_by_name_then_promoted_by_its_own_gate(first
     assert retrain(first_run, "plain") == 0
     registry = Registry(first_run)
     first = registry.challenger("plain")
-    assert "image_auroc is missing (the test split has no defect images: a normal-only line)" in (
-        first.tags["padim.reason"])
+    for metric in ("image_auroc", "pixel_auroc"):
+        assert f"{metric} is missing (the test split has no defect images: a normal-only line)" in (
+            first.tags["padim.reason"])
     metrics = registry.client.get_run(first.run_id).data.metrics
     assert 0 <= metrics["test_normal_fpr"] <= 1 and "image_f1" not in metrics
     params = registry.client.get_run(first.run_id).data.params

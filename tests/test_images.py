@@ -95,11 +95,12 @@ def test_validation_reports_every_bad_file_of_a_drop_at_once(tmp_path: Path) -> 
         assert any(str(path) in p and words in p for p in error.value.problems), path.name
 
 
-def test_training_and_scoring_read_pixels_through_the_same_decoder(tmp_path: Path) -> None:
+def test_the_training_dataset_sees_16_bit_images_stretched_not_clipped(tmp_path: Path) -> None:
     line = write_mvtec_folder(tmp_path / "line", 2, 1, 0)
     wide = (1000 + GREY.astype(np.uint16) * 12).astype(np.uint16)
     Image.fromarray(wide).save(line / "train" / "good" / "camera16.png")
     dataset = MVTecLayoutDataset(line, "train")
     index = list(dataset.samples.image_path).index(str(line / "train" / "good" / "camera16.png"))
-    expected = torch.from_numpy(decode_image(line / "train" / "good" / "camera16.png")).permute(2, 0, 1)
-    assert torch.equal(dataset[index].image, expected.float() / 255.0)
+    stretched = np.rint((wide - wide.min()) * (255.0 / (wide.max() - wide.min()))) / 255.0
+    expected = torch.from_numpy(stretched).float().expand(3, -1, -1)
+    assert torch.equal(dataset[index].image, expected)

@@ -15,7 +15,7 @@ from flows.config import SplitParams
 from flows.data import DataStore
 from flows.roles import ROLES, assign_role, image_key
 
-from .conftest import write_flat_folders
+from .conftest import write_flat_folders, write_mvtec_folder
 from .projects import git, init_project
 
 PARAMS = """\
@@ -154,3 +154,58 @@ def test_defect_images_with_and_without_masks_in_one_line(project: DataStore, tm
     path = project.pull("alpha").path
     assert len(list((path / "ground_truth" / "defect").iterdir())) == 5
     assert sum(1 for role in ("validation", "test") for _ in (path / role / "defect").glob("*.png")) == 8
+
+
+def test_masks_arrive_later_for_images_already_in_the_line(project: DataStore, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    normal, defects, masks = write_flat_folders(tmp_path / "v1", 30, 6, seed=10)
+    assert data_add(project, "alpha", normal, defects) == 0  # inspected per image first
+    assert data_add(project, "alpha", None, defects, masks, "--append") == 0
+    assert "added 6 mask(s) to images already in the line" in capsys.readouterr().out
+    path = project.pull("alpha").path
+    assert sorted(p.name for p in (path / "ground_truth" / "defect").iterdir()) == sorted(
+        p.name for p in masks.iterdir())
+
+
+def test_one_drop_cannot_hold_two_different_images_under_one_name(project: DataStore, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _, defects, _ = write_flat_folders(tmp_path / "drop", 0, 4, masks=False, seed=11)
+    normal, _, _ = write_flat_folders(tmp_path / "normal", 30, 0, seed=12)
+    kind = defects / "defect"
+    kind.mkdir()
+    Image.fromarray(255 - np.asarray(Image.open(defects / "d000.png"))).save(kind / "d000.png")  # twice
+    assert data_add(project, "alpha", normal, defects) == 1
+    assert "defect/d000.png exists with other content" in capsys.readouterr().err
+    assert not project.pointer("alpha").exists()
+
+
+def test_defect_images_sharing_a_stem_are_refused_since_masks_pair_by_stem(
+        project: DataStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    normal, defects, _ = write_flat_folders(tmp_path / "drop", 30, 3, masks=False, seed=13)
+    Image.open(defects / "d000.png").convert("RGB").save(defects / "d000.jpg", quality=90)
+    assert data_add(project, "alpha", normal, defects) == 1
+    assert "has the same stem, and masks are paired with images by stem" in capsys.readouterr().err
+
+
+def test_separate_folders_report_orphan_masks_and_stray_files(project: DataStore, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    normal, defects, masks = write_flat_folders(tmp_path / "drop", 30, 3, seed=14)
+    (masks / "d000_mask.png").rename(masks / "d0_mask.png")  # a typo: it matches no image
+    (normal / "README.txt").write_text("shift 2")
+    assert data_add(project, "alpha", normal, defects, masks) == 1
+    error = capsys.readouterr().err
+    assert f"{masks / 'd0_mask.png'}: mask without a defect image of that name" in error
+    assert f"{normal / 'README.txt'}: stray file" in error and "2 problem(s)" in error
+
+
+def test_an_mvtec_source_reusing_names_across_splits_keeps_every_image(project: DataStore,
+                                                                       tmp_path: Path) -> None:
+    source = write_mvtec_folder(tmp_path / "mvtec", 6, 3, 2, n_validation=2)
+    for split, prefix in (("train", "n"), ("test", "t"), ("validation", "v")):  # MVTec AD: 000.png
+        for image in (source / split / "good").iterdir():
+            image.rename(image.with_name(image.name.removeprefix(prefix)))
+    assert main(["--root", str(project.root), "data", "add", "alpha", str(source)]) == 0
+    stored = roles(project, "alpha")
+    assert len(stored) == 6 + 2 + 3 + 2 + 2
+    test_keys = {key for key in stored if key.startswith("good/test_")}
+    assert test_keys == {f"good/test_{i:03d}.png" for i in range(3)}

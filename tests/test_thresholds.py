@@ -32,6 +32,15 @@ def test_f1_optimal_threshold_reaches_the_best_f1_of_any_cut() -> None:
     assert threshold not in scores, "the threshold falls between two scores, not on one"
 
 
+def test_the_threshold_separates_the_scores_in_the_models_float32_too() -> None:
+    # F1 is best with every image flagged: the cut must stay below the lowest score in float32
+    labels, scores = np.array([1, 0, 1, 1]), np.array([5.0, 4.0, 3.0, 2.0], dtype=np.float32)
+    threshold = np.float32(f1_optimal_threshold(labels, scores))
+    assert (scores > threshold).all()
+    close = np.array([1.0, np.nextafter(np.float32(1.0), np.float32(2))], dtype=np.float32)
+    assert np.float32(f1_optimal_threshold(np.array([0, 1]), close)) == close[0]  # no float32 between
+
+
 def test_validation_without_defects_takes_the_normal_quantile() -> None:
     scores = np.arange(1000, dtype=float)
     threshold, rule = choose_threshold(np.zeros(1000), scores, 0.99, "images")
