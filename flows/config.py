@@ -7,7 +7,7 @@ fall back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -71,6 +71,12 @@ class ThresholdParams(_Strict):
     normal_quantile: float = Field(0.995, gt=0, lt=1)  # rule when validation has no defects
 
 
+class ExportParams(_Strict):
+    """How a fitted model is stored (padim_plugin.artifact): float16 halves it again."""
+
+    dtype: Literal["float32", "float16"] = "float32"
+
+
 class GateParams(_Strict):
     floors: dict[str, float] = {}     # metric >= value
     ceilings: dict[str, float] = {}   # metric <= value
@@ -92,6 +98,7 @@ class LineParams(_Strict):
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     thresholds: ThresholdParams = ThresholdParams()
+    export: ExportParams = ExportParams()
     gates: GateParams = GateParams()
 
     @field_validator("name")

@@ -102,7 +102,7 @@ def save_model(model: StreamingPadim, params: LineParams, folder: Path, data_md5
     from padim_plugin.artifact import save_artifact
 
     return save_artifact(model.cpu().eval(), folder, params.data.image_size,
-                         {"line": params.name, "data_md5": data_md5})
+                         {"line": params.name, "data_md5": data_md5}, dtype=params.export.dtype)
 
 
 def load_model(folder: Path) -> StreamingPadim:

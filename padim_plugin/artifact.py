@@ -26,6 +26,7 @@ from .lightning_model import StreamingPadim
 
 MANIFEST, TENSORS = "manifest.json", "tensors.safetensors"
 FORMAT, FORMAT_VERSION = "padim-plugin/streaming-padim", 1
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 POST_PROCESSOR_BUFFERS = ("_image_threshold", "_pixel_threshold", "image_min", "image_max", "pixel_min",
                           "pixel_max")
 
@@ -35,8 +36,14 @@ class ArtifactError(ValueError):
 
 
 def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
-                  metadata_: dict[str, Any] | None = None) -> Path:
-    """Write ``folder/tensors.safetensors`` and ``folder/manifest.json``; returns ``folder``."""
+                  metadata_: dict[str, Any] | None = None, dtype: str = "float32") -> Path:
+    """Write ``folder/tensors.safetensors`` and ``folder/manifest.json``; returns ``folder``.
+
+    ``dtype`` "float16" stores the backbone weights, means and whitening factor in half precision
+    (thresholds stay float32); they are computed in float32 again once loaded.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
     core = model.model
     if not core.is_fitted:
         raise ArtifactError("cannot save an unfitted StreamingPadim: fit it first")
@@ -48,6 +55,8 @@ def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
         "mean": core.mean,
         "whitening_packed": core.whitening[:, rows, columns],
     }
+    tensors = {name: value.to(STORAGE_DTYPES[dtype]) if value.is_floating_point() else value
+               for name, value in tensors.items()}
     post = model.post_processor
     tensors |= {f"post_processor.{name}": getattr(post, name) for name in POST_PROCESSOR_BUFFERS}
     save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, folder / TENSORS)
@@ -59,6 +68,7 @@ def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
         "n_features": core.n_features,
         "epsilon": core.epsilon,
         "image_size": image_size,
+        "dtype": dtype,
         "normalisation": {"mean": list(_normalize(model).mean), "std": list(_normalize(model).std)},
         "thresholds": {name: float(getattr(post, name)) for name in POST_PROCESSOR_BUFFERS},
         "packages": package_versions("padim-plugin", "anomalib", "torch", "timm"),
@@ -80,7 +90,8 @@ def load_artifact(folder: Path) -> StreamingPadim:
         raise ArtifactError(f"{tensors_path}: content does not match the manifest's SHA-256 (tampered or"
                             " truncated)")
     try:
-        tensors = load_file(tensors_path)
+        tensors = {name: value.float() if value.is_floating_point() else value
+                   for name, value in load_file(tensors_path).items()}
     except (SafetensorError, OSError, ValueError) as error:
         raise ArtifactError(f"{tensors_path}: not a safetensors file ({error})") from None
     size = manifest["image_size"]

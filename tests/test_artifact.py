@@ -114,3 +114,19 @@ def test_a_pickle_in_place_of_the_tensors_is_refused_and_never_runs(fitted: tupl
     assert not marker.exists()
     pickle.loads(payload)  # the payload is real: unpickling it does run the code
     assert marker.read_text() == "code ran"
+
+
+def test_float16_storage_halves_the_tensors_and_scores_nearly_alike(fitted: tuple, tmp_path: Path) -> None:
+    from padim_plugin.artifact import save_artifact
+
+    model, folder, images = fitted
+    half = save_artifact(model, tmp_path / "half", 64, dtype="float16")
+    ratio = (half / TENSORS).stat().st_size / (folder / TENSORS).stat().st_size
+    assert 0.49 < ratio < 0.52
+    full_scores = score_arrays(load_artifact(folder), images)
+    half_scores = score_arrays(load_artifact(half), images)
+    relative = np.linalg.norm(half_scores["anomaly_map"] - full_scores["anomaly_map"]) / np.linalg.norm(
+        full_scores["anomaly_map"])
+    assert 0 < relative < 1e-2
+    with pytest.raises(ValueError, match="storage dtype"):
+        save_artifact(model, tmp_path / "bad", 64, dtype="int8")
