@@ -3,9 +3,11 @@ file, not a pickle, and runs it on load. It needs ``padim_plugin`` and MLflow on
 Prefect or DVC), and loads the model artifact (safetensors + manifest) that ``padim_plugin.artifact``
 wrote: data, never code.
 
-Input: uint8 images (N, H, W, 3), RGB; grey images may come as (N, H, W). Output: ``pred_score``
+Input (no input schema, so that both kinds pass MLflow's server): pixels, an integer array
+(N, H, W, 3) RGB or (N, H, W) grey of 0..255; or encoded images (base64 PNG/JPEG/...) as an
+``image`` column of a DataFrame, an ``image`` key, or an array of strings. Output: ``pred_score``
 (N,) normalised so that the validation threshold sits at 0.5, ``pred_label`` (N,) 0/1, and
-``anomaly_map`` (N, H, W) at the input's size.
+``anomaly_map`` at each input's size: (N, H, W), or a list when the images differ in size.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 
 from padim_plugin.artifact import load_artifact
-from padim_plugin.scoring import score_arrays
+from padim_plugin.scoring import score_payload
 
 
 class PadimPyfunc(mlflow.pyfunc.PythonModel):
@@ -26,9 +27,9 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:  # noqa: ANN401
         self.model = load_artifact(Path(context.artifacts["model"]))
 
-    def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> dict:  # noqa: ANN401
+    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> dict:  # noqa: ANN401
         del context, params
-        return score_arrays(self.model, model_input)
+        return score_payload(self.model, model_input)
 
 
 mlflow.models.set_model(PadimPyfunc())

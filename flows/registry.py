@@ -210,12 +210,12 @@ def _example_images(size: int) -> np.ndarray:
 
 
 def _signature():  # noqa: ANN202
-    """Images of any size in a batch of (N, H, W, 3) uint8; named outputs."""
+    """Named outputs; no input schema, since one cannot say "uint8 pixels or encoded images"."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        inputs=None,  # pixels or encoded images: flows/pyfunc.py checks and decodes either
         outputs=Schema([
             TensorSpec(np.dtype(np.float32), (-1,), "pred_score"),
             TensorSpec(np.dtype(np.int64), (-1,), "pred_label"),

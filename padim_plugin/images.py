@@ -9,6 +9,7 @@ Truncated, empty, animated and non-image files raise :class:`ImageDecodeError` n
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +28,32 @@ def decode_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    return _decode(path, str(path))
+
+
+def decode_bytes(data: bytes, name: str = "image") -> np.ndarray:
+    """An encoded image (PNG, JPEG, TIFF, BMP bytes, as a camera client sends) as RGB uint8."""
+    if not data:
+        raise ImageDecodeError(f"{name}: empty (0 bytes)")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Path | io.BytesIO, name: str) -> np.ndarray:
+    """Decode an opened source; every error names ``name`` (the file, or the request's item)."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             if getattr(opened, "n_frames", 1) > 1:
                 raise ImageDecodeError(
-                    f"{path}: animated or multi-page image ({opened.n_frames} frames); one frame expected"
+                    f"{name}: animated or multi-page image ({opened.n_frames} frames); one frame expected"
                 )
             opened.load()
             return to_rgb8(opened)
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{path}: not an image Pillow can read") from None
+        raise ImageDecodeError(f"{name}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as error:
         if isinstance(error, ImageDecodeError):
             raise
-        raise ImageDecodeError(f"{path}: does not decode as an image ({error})") from None
+        raise ImageDecodeError(f"{name}: does not decode as an image ({error})") from None
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:

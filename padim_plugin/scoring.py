@@ -37,3 +37,56 @@ def score_arrays(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.nda
         "pred_label": output.pred_label.flatten().to(torch.int64).numpy(),
         "anomaly_map": anomaly_map[:, 0].numpy(),
     }
+
+
+def decode_payload(payload: object) -> list[np.ndarray]:
+    """Images as a REST client sends them: an integer array (N, H, W, 3) or (N, H, W) of 0..255,
+    or encoded images (base64 text or bytes of PNG, JPEG, ...) in an ``image`` column or key, or
+    as an array of strings. Returns uint8 arrays; bad items raise ImageDecodeError naming them."""
+    import base64
+    import binascii
+
+    import pandas as pd
+
+    from .images import ImageDecodeError, decode_bytes
+
+    if isinstance(payload, pd.DataFrame):
+        payload = payload["image"].tolist() if "image" in payload else payload.to_numpy()
+    elif isinstance(payload, dict):
+        if "image" not in payload:
+            raise ValueError(f"expected an 'image' entry of encoded images, got keys {sorted(payload)}")
+        payload = payload["image"]
+    array = np.asarray(payload)
+    if array.dtype.kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(f"pixel values must be 0..255, got {array.min()}..{array.max()}")
+        return list(array.astype(np.uint8))
+    if array.dtype.kind == "f":
+        raise ValueError("send uint8 pixels (0..255) or encoded images, not floats")
+    images = []
+    for index, item in enumerate(array.reshape(-1).tolist()):
+        name = f"image {index}"
+        try:
+            data = item if isinstance(item, bytes) else base64.b64decode(str(item), validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageDecodeError(f"{name}: not base64 text") from None
+        images.append(decode_bytes(data, name))
+    return images
+
+
+def score_payload(model: torch.nn.Module, payload: object) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """Score a REST payload (see :func:`decode_payload`); images of several sizes are scored in
+    groups of one size, and their maps come back as a list, each at its image's size."""
+    images = decode_payload(payload)
+    shapes = [image.shape for image in images]
+    if len(set(shapes)) <= 1:
+        return score_arrays(model, np.stack(images))
+    scores, labels = np.zeros(len(images), np.float32), np.zeros(len(images), np.int64)
+    maps: list[np.ndarray] = [np.empty(0)] * len(images)
+    for shape in dict.fromkeys(shapes):
+        indices = [i for i, other in enumerate(shapes) if other == shape]
+        output = score_arrays(model, np.stack([images[i] for i in indices]))
+        scores[indices], labels[indices] = output["pred_score"], output["pred_label"]
+        for position, index in enumerate(indices):
+            maps[index] = output["anomaly_map"][position]
+    return {"pred_score": scores, "pred_label": labels, "anomaly_map": maps}

@@ -130,3 +130,35 @@ def test_float16_storage_halves_the_tensors_and_scores_nearly_alike(fitted: tupl
     assert 0 < relative < 1e-2
     with pytest.raises(ValueError, match="storage dtype"):
         save_artifact(model, tmp_path / "bad", 64, dtype="int8")
+
+
+def test_payloads_of_pixels_or_encoded_images_score_alike_and_bad_items_are_named(fitted: tuple) -> None:
+    import base64
+    import io
+
+    import pandas as pd
+
+    from padim_plugin.images import ImageDecodeError
+    from padim_plugin.scoring import score_payload
+
+    model, _, images = fitted
+
+    def png(image: np.ndarray) -> str:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    expected = score_arrays(model, images[:2])
+    for payload in (images[:2].astype(np.int64), {"image": [png(i) for i in images[:2]]},
+                    pd.DataFrame({"image": [png(i) for i in images[:2]]})):
+        answer = score_payload(model, payload)
+        assert np.allclose(answer["pred_score"], expected["pred_score"], rtol=1e-6)
+    mixed = score_payload(model, {"image": [png(images[0]), png(images[1][:40, :48])]})
+    assert [m.shape for m in mixed["anomaly_map"]] == [(64, 64), (40, 48)]
+    assert mixed["pred_score"][0] == pytest.approx(expected["pred_score"][0], rel=1e-5)  # alone, not in 2
+    with pytest.raises(ImageDecodeError, match="image 1: not base64 text"):
+        score_payload(model, {"image": [png(images[0]), "not base64!"]})
+    with pytest.raises(ImageDecodeError, match="image 0: not an image"):
+        score_payload(model, {"image": [base64.b64encode(b"hello").decode()]})
+    with pytest.raises(ValueError, match="0..255"):
+        score_payload(model, images[:1].astype(np.int64) * 2)

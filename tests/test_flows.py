@@ -338,3 +338,60 @@ def test_a_champion_from_before_the_data_only_format_is_not_unpickled_to_compare
     assert registry.challenger("beta").tags["padim.reason"] == (
         f"champion v{champion.version} was registered before the data-only model format, so it is not"
         " loaded to be re-scored on this data (that would unpickle it); compare and promote by hand")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, body: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())["predictions"]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_pixels_and_encoded_images_as_in_process(first_run: Path) -> None:
+    import base64
+    import signal
+    import time
+    import urllib.request
+
+    import mlflow
+
+    files = sorted((first_run / "data" / "alpha" / "test" / "spot").iterdir())[:2]
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    expected = mlflow.pyfunc.load_model("models:/padim-alpha@champion").predict(pixels)
+    port, bin_dir = free_port(), Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               MLFLOW_TRACKING_URI=f"sqlite:///{first_run / 'mlflow.db'}")
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/padim-alpha@champion",
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(command, env=env, cwd=first_run, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        answers = [post(f"{url}/invocations", {"inputs": pixels.tolist()}),
+                   post(f"{url}/invocations", {"inputs": {"image": encoded}}),
+                   post(f"{url}/invocations", {"dataframe_split": {"columns": ["image"],
+                                                                   "data": [[e] for e in encoded]}})]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    for answer in answers:
+        assert np.allclose(answer["pred_score"], expected["pred_score"], atol=1e-6)
+        assert answer["pred_label"] == expected["pred_label"].tolist()
+        assert np.allclose(answer["anomaly_map"], expected["anomaly_map"], atol=1e-6)
