@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -31,24 +28,10 @@ import numpy as np
 from flows.registry import Registry, model_name
 from padim_plugin.mvtec import is_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not an installed package
+from tests.serving import mlflow_server  # noqa: E402
+
 DEADLINE_S = 300  # the whole load run stops by then, whatever is left
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_up(url: str, timeout_s: float = 180) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        try:
-            urllib.request.urlopen(f"{url}/ping", timeout=2)
-            return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"mlflow models serve did not answer {url}/ping within {timeout_s} s")
 
 
 def request(url: str, body: bytes) -> float:
@@ -68,6 +51,8 @@ def load(url: str, bodies: list[bytes], clients: int, deadline: float) -> dict[s
                                                      if time.monotonic() < deadline else np.nan, bodies)]
     wall = time.perf_counter() - started
     done = [latency for latency in latencies if not np.isnan(latency)]
+    if len(done) < 2:
+        raise RuntimeError(f"only {len(done)} request(s) finished before the {DEADLINE_S} s deadline")
     quantiles = statistics.quantiles(done, n=20)
     return {"clients": clients, "requests": len(done), "rps": len(done) / wall,
             "p50_ms": 1000 * statistics.median(done), "p95_ms": 1000 * quantiles[18]}
@@ -93,22 +78,11 @@ def main(argv: list[str] | None = None) -> None:
         model.predict(payload)
     in_process_ms = 1000 * (time.perf_counter() - started) / 8
 
-    port, bin_dir = free_port(), Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               MLFLOW_TRACKING_URI=registry.uri)
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{model_name(args.line)}@champion",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(command, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url)
+    with tempfile.TemporaryDirectory() as scratch, mlflow_server(
+            f"models:/{model_name(args.line)}@champion", registry.uri, Path(scratch) / "server.log") as url:
         request(url, bodies[0])  # warm-up
         deadline = time.monotonic() + DEADLINE_S
         rows = [load(url, bodies, clients, deadline) for clients in (1, 8)]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
     print(f"{model_name(args.line)}@champion, one base64 PNG per request, {len(images)} distinct images")
     print("| clients | requests | requests/s | p50 ms | p95 ms |\n|---:|---:|---:|---:|---:|")
     for row in rows:

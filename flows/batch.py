@@ -12,6 +12,7 @@ import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prefect import flow, get_run_logger
@@ -19,6 +20,9 @@ from prefect import flow, get_run_logger
 from padim_plugin.images import ImageDecodeError, decode_image
 from padim_plugin.mvtec import is_image
 from padim_plugin.scoring import raw_image_threshold
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 # score: normalised, the model's threshold at 0.5; raw_threshold: that threshold in raw score units
 COLUMNS = ("image", "score", "label", "raw_threshold", "model_version", "data_md5", "heatmap", "error")
@@ -45,8 +49,8 @@ def list_images(sources: list[Path]) -> list[Path]:
     return files
 
 
-def score_files(line: str, files: list[Path], out: Path, alias: str = "champion", batch_size: int = 16,
-                progress: Callable[[str], None] = print) -> ScoringReport:
+def score_files(registry: Registry, line: str, files: list[Path], out: Path, alias: str = "champion",
+                batch_size: int = 16, progress: Callable[[str], None] = print) -> ScoringReport:
     """Score ``files`` with ``models:/padim-<line>@<alias>``; write ``out/scores.csv`` and heatmaps."""
     import mlflow
 
@@ -55,15 +59,16 @@ def score_files(line: str, files: list[Path], out: Path, alias: str = "champion"
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     uri = f"models:/{model_name(line)}@{alias}"
-    try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(model_name(line), alias)
-    except mlflow.exceptions.MlflowException:
-        raise KeyError(f"{model_name(line)} has no @{alias} in the registry") from None
+    version = registry.alias(line, alias)
+    if version is None:
+        raise KeyError(f"{model_name(line)} has no @{alias} in {registry.uri}")
+    registry.require_data_only(line, str(version.version))
     model = mlflow.pyfunc.load_model(uri)
     threshold = raw_image_threshold(model.unwrap_python_model().model)
     context = [f"{threshold:.6f}", str(version.version), version.tags.get("padim.data_md5", "")]
     out.mkdir(parents=True, exist_ok=True)
     report = ScoringReport(out / "scores.csv")
+    position = {path: index for index, path in enumerate(files)}
     with report.table.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(COLUMNS)
@@ -76,7 +81,7 @@ def score_files(line: str, files: list[Path], out: Path, alias: str = "champion"
                 output = model.predict(images)
                 for index, path in enumerate(paths):
                     score, label = float(output["pred_score"][index]), int(output["pred_label"][index])
-                    overlay = out / f"{files.index(path):05d}_{path.stem}_heatmap.png"  # unique per file
+                    overlay = out / f"{position[path]:05d}_{path.stem}_heatmap.png"  # unique per file
                     writer.writerow([str(path), f"{score:.6f}", label, *context, overlay.name, ""])
                     _save_overlay(images[index], output["anomaly_map"][index], overlay)
                 report.scored += len(paths)
@@ -130,9 +135,9 @@ def score_images(line: str, source: str, out: str, alias: str = "champion", batc
     """Scheduled batch inference: score every image under ``source`` with the line's ``alias``."""
     from .registry import Registry
 
-    Registry(Path(root))  # points MLflow at the project's tracking store
     logger = get_run_logger()
-    report = score_files(line, list_images([Path(source)]), Path(out), alias, batch_size, logger.info)
+    files = list_images([Path(source)])
+    report = score_files(Registry(Path(root)), line, files, Path(out), alias, batch_size, logger.info)
     if report.failed:
         logger.warning("%d file(s) could not be scored:\n%s", len(report.failed), "\n".join(report.failed))
     return report

@@ -176,8 +176,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .batch import list_images, score_files
     from .registry import Registry
 
-    Registry(args.root)  # points MLflow at the project's tracking store
-    report = score_files(args.line, list_images(args.images), args.out, args.alias, args.batch_size)
+    report = score_files(Registry(args.root), args.line, list_images(args.images), args.out, args.alias,
+                         args.batch_size)
     print(f"wrote {report.table} and {report.scored} heatmaps")
     if report.failed:
         print(f"{len(report.failed)} file(s) could not be scored (error rows in {report.table}):",

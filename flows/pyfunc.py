@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from padim_plugin.artifact import load_artifact
 from padim_plugin.scoring import score_payload
@@ -28,8 +30,12 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
         self.model = load_artifact(Path(context.artifacts["model"]))
 
     def predict(self, context: Any, model_input: Any, params: dict | None = None) -> dict:  # noqa: ANN401
+        """Bad input is the client's error (HTTP 400 from the server) with a message naming the item."""
         del context, params
-        return score_payload(self.model, model_input)
+        try:
+            return score_payload(self.model, model_input)
+        except ValueError as error:  # ImageDecodeError included
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 mlflow.models.set_model(PadimPyfunc())

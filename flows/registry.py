@@ -26,8 +26,10 @@ from .data import DataVersion
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG = "padim."
-PACKAGES = ("padim-plugin", "anomalib", "torch", "timm", "lightning", "mlflow", "prefect", "dvc")
-SCORING_PACKAGES = ("padim-plugin", "anomalib", "torch", "timm", "lightning", "mlflow")
+PACKAGES = ("padim-plugin", "anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow",
+            "prefect", "dvc")
+# what loading and scoring a model imports; padim-plugin itself is installed from this project
+SCORING_PACKAGES = ("anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 
 
@@ -38,6 +40,10 @@ def tracking_uri(root: Path) -> str:
 
 def model_name(line: str) -> str:
     return f"padim-{line}"
+
+
+class PickledModelError(ValueError):
+    """A registered version whose pyfunc is a pickle: refused rather than loaded."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,12 @@ class Registry:
 
     # -- reading -------------------------------------------------------------------------------
     def champion(self, line: str) -> ModelVersion | None:
-        return self._by_alias(line, CHAMPION)
+        return self.alias(line, CHAMPION)
 
     def challenger(self, line: str) -> ModelVersion | None:
-        return self._by_alias(line, CHALLENGER)
+        return self.alias(line, CHALLENGER)
 
-    def _by_alias(self, line: str, alias: str) -> ModelVersion | None:
+    def alias(self, line: str, alias: str) -> ModelVersion | None:
         try:
             return self.client.get_model_version_by_alias(model_name(line), alias)
         except MlflowException:
@@ -90,9 +96,20 @@ class Registry:
         return max(found, key=lambda v: int(v.version)) if found else None
 
     def load_model(self, line: str, version: str) -> Any:  # noqa: ANN401
-        """The StreamingPadim inside a registered pyfunc."""
+        """The StreamingPadim inside a registered pyfunc (refused if the pyfunc is a pickle)."""
+        self.require_data_only(line, version)
         pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name(line)}/{version}")
         return pyfunc.unwrap_python_model().model
+
+    def require_data_only(self, line: str, version: str) -> None:
+        """Raise PickledModelError if the version's pyfunc was logged as a pickled Python object
+        (as padim-plugin did before its data-only format): loading it would run its code. Read
+        from the version's MLmodel file, which loading itself would follow, not from a tag."""
+        info = mlflow.models.get_model_info(f"models:/{model_name(line)}/{version}")
+        if "python_model" in info.flavors.get("python_function", {}):
+            msg = (f"{model_name(line)} v{version} is a pickled model (registered before the data-only"
+                   " format); it is not loaded, since loading it would run its code")
+            raise PickledModelError(msg)
 
     def run_link(self, run_id: str) -> str:
         run = self.client.get_run(run_id)
@@ -185,10 +202,7 @@ class Registry:
         return self.client.create_experiment(name, artifact_location=location)
 
     def _lineage_tags(self, data: DataVersion, cache_key: str, code_version: str) -> dict[str, str]:
-        from padim_plugin.artifact import FORMAT_VERSION as ARTIFACT_FORMAT_VERSION
-
         return {
-            f"{TAG}artifact_format": str(ARTIFACT_FORMAT_VERSION),
             f"{TAG}code_version": code_version,
             f"{TAG}data_md5": data.md5,
             f"{TAG}data_rev": data.rev or "",

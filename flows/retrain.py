@@ -133,11 +133,10 @@ class ChampionScores:
 def champion_scores(root: Path, params: LineParams, data: DataVersion,
                     candidate_version: str) -> ChampionScores | None:
     """The champion's metrics on this data version: logged ones if it was evaluated on exactly
-    this data by this code, else a fresh evaluation of the champion model. A champion registered
-    before the data-only model format is not loaded (that would unpickle it)."""
-    from padim_plugin.artifact import FORMAT_VERSION
-
+    this data by this code, else a fresh evaluation of the champion model. A champion whose
+    pyfunc is a pickle is not loaded (that would run its code)."""
     from .evaluate import evaluate
+    from .registry import PickledModelError
 
     registry = Registry(root)
     champion = registry.champion(params.name)
@@ -146,11 +145,10 @@ def champion_scores(root: Path, params: LineParams, data: DataVersion,
     version, tags = str(champion.version), champion.tags
     if tags.get("padim.data_md5") == data.md5 and tags.get("padim.code_version") == code_version():
         return ChampionScores(version, registry.run_metrics(champion.run_id))
-    if tags.get("padim.artifact_format") != str(FORMAT_VERSION):
-        problem = (f"champion v{version} was registered before the data-only model format, so it is not"
-                   " loaded to be re-scored on this data (that would unpickle it)")
-        return ChampionScores(version, None, problem)
-    model = registry.load_model(params.name, version)
+    try:
+        model = registry.load_model(params.name, version)
+    except PickledModelError as error:
+        return ChampionScores(version, None, f"{error}, so it cannot be re-scored on this data")
     work = root / RUNS / f"champion-{params.name}-v{version}-{data.md5[:12]}"
     return ChampionScores(version, evaluate(model, params, data.path, work).metrics)
 

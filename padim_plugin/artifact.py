@@ -95,6 +95,9 @@ def load_artifact(folder: Path) -> StreamingPadim:
     except (SafetensorError, OSError, ValueError) as error:
         raise ArtifactError(f"{tensors_path}: not a safetensors file ({error})") from None
     size = manifest["image_size"]
+    backbone = manifest["backbone"]
+    if not isinstance(backbone, str) or any(c in backbone for c in ":/\\"):  # no hub or file references
+        raise ArtifactError(f"{folder / MANIFEST}: backbone {backbone!r} is not a timm model name")
     try:
         model = StreamingPadim(
             backbone=manifest["backbone"],
@@ -117,7 +120,13 @@ def load_artifact(folder: Path) -> StreamingPadim:
         core.feature_extractor.load_state_dict(
             {name.removeprefix("backbone."): value for name, value in tensors.items()
              if name.startswith("backbone.")}, strict=True)
-        n_features = tensors["channel_index"].numel()
+        index = tensors["channel_index"]
+        n_total = sum(core.layer_channels)
+        if (index.dtype not in (torch.int32, torch.int64) or index.numel() != manifest["n_features"]
+                or index.unique().numel() != index.numel() or index.min() < 0 or index.max() >= n_total):
+            raise ArtifactError(f"{tensors_path}: channel_index is not {manifest['n_features']} distinct"
+                                f" channels of 0..{n_total - 1}")
+        n_features = index.numel()
         packed = tensors["whitening_packed"]
         whitening = packed.new_zeros(packed.shape[0], n_features, n_features)
         rows, columns = torch.triu_indices(n_features, n_features)

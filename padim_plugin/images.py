@@ -50,6 +50,8 @@ def _decode(source: Path | io.BytesIO, name: str) -> np.ndarray:
             return to_rgb8(opened)
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(f"{name}: too large to decode safely ({error})") from None
     except (OSError, ValueError, SyntaxError) as error:
         if isinstance(error, ImageDecodeError):
             raise

@@ -1,8 +1,10 @@
-"""Score arrays of images with a fitted StreamingPadim: the whole anomalib pipeline in one call.
+"""Score images with a fitted StreamingPadim: the whole anomalib pipeline in one call.
 
-Input: uint8 images (N, H, W, 3), RGB; grey images may come as (N, H, W). Output: ``pred_score``
+``score_arrays``: uint8 images (N, H, W, 3) RGB, or (N, H, W) grey. ``score_payload``: what a REST
+client sends, pixels or base64-encoded images, possibly of several sizes. Output: ``pred_score``
 (N,) normalised so that the model's threshold sits at 0.5, ``pred_label`` (N,) 0/1, and
-``anomaly_map`` (N, H, W) at the input's size. Used by the MLflow pyfunc; needs no MLOps package.
+``anomaly_map`` at each input's size: (N, H, W), or a list of (H, W) when sizes differ. Used by the
+MLflow pyfunc; needs no MLOps package.
 """
 
 from __future__ import annotations
@@ -57,17 +59,23 @@ def decode_payload(payload: object) -> list[np.ndarray]:
             raise ValueError(f"expected an 'image' entry of encoded images, got keys {sorted(payload)}")
         payload = payload["image"]
     array = np.asarray(payload)
+    if array.size == 0:
+        raise ValueError("no images in the request")
+    if array.dtype.kind in "iu" and array.ndim == 3 and array.shape[-1] in (3, 4):
+        raise ValueError(f"pixels of shape {array.shape} look like one image: send a batch (1, H, W, 3)")
     if array.dtype.kind in "iu":
         if array.size and (array.min() < 0 or array.max() > 255):
             raise ValueError(f"pixel values must be 0..255, got {array.min()}..{array.max()}")
         return list(array.astype(np.uint8))
-    if array.dtype.kind == "f":
-        raise ValueError("send uint8 pixels (0..255) or encoded images, not floats")
+    if array.dtype.kind not in "USO":
+        raise ValueError(f"send uint8 pixels (0..255) or encoded images, not {array.dtype} values")
     images = []
     for index, item in enumerate(array.reshape(-1).tolist()):
         name = f"image {index}"
+        text = "".join(str(item).split()) if not isinstance(item, bytes) else ""
+        text = text.split("base64,", 1)[1] if text.startswith("data:") and "base64," in text else text
         try:
-            data = item if isinstance(item, bytes) else base64.b64decode(str(item), validate=True)
+            data = item if isinstance(item, bytes) else base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise ImageDecodeError(f"{name}: not base64 text") from None
         images.append(decode_bytes(data, name))

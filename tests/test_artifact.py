@@ -80,7 +80,8 @@ def test_tampered_or_incompatible_manifests_are_refused(fitted: tuple, tmp_path:
     manifest = json.loads((folder / MANIFEST).read_text())
     for change, words in (({"format_version": 99}, "format version 99"), ({"format": "other"}, "not a"),
                           ({"backbone": "resnet18"}, "cannot be built"),
-                          ({"n_features": 9}, "do not fit the manifest's model")):
+                          ({"n_features": 9}, "channel_index is not 9 distinct channels"),
+                          ({"backbone": "hf-hub:someone/model"}, "is not a timm model name")):
         (folder / MANIFEST).write_text(json.dumps(manifest | change))
         with pytest.raises(ArtifactError, match=words):
             load_artifact(folder)
@@ -162,3 +163,9 @@ def test_payloads_of_pixels_or_encoded_images_score_alike_and_bad_items_are_name
         score_payload(model, {"image": [base64.b64encode(b"hello").decode()]})
     with pytest.raises(ValueError, match="0..255"):
         score_payload(model, images[:1].astype(np.int64) * 2)
+    with pytest.raises(ValueError, match="look like one image: send a batch"):
+        score_payload(model, images[0].astype(np.int64))
+    wrapped = base64.encodebytes(base64.b64decode(png(images[0]))).decode()  # line-wrapped, as MLflow's
+    for text in (wrapped, f"data:image/png;base64,{png(images[0])}"):
+        answer = score_payload(model, {"image": [text]})
+        assert answer["pred_score"][0] == pytest.approx(expected["pred_score"][0], rel=1e-5)

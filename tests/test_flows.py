@@ -7,8 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,6 +24,7 @@ from flows.registry import Registry, model_name
 
 from .conftest import write_flat_folders, write_mvtec_folder
 from .projects import git, init_project
+from .serving import mlflow_server
 
 PARAMS = """\
 defaults:
@@ -324,73 +328,61 @@ def test_normal_only_line_is_refused_by_name_then_promoted_by_its_own_gate(first
     assert champion.tags["padim.reason"].startswith("passes every gate")
 
 
-def test_a_champion_from_before_the_data_only_format_is_not_unpickled_to_compare(first_run: Path,
-                                                                                tmp_path: Path) -> None:
+class PickledPyfunc(mlflow.pyfunc.PythonModel):
+    """How models were registered before the data-only format: a cloudpickled Python object."""
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        return model_input
+
+
+def test_a_pickled_champion_is_never_loaded_to_compare_or_score(first_run: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     registry = Registry(first_run)
-    champion = registry.champion("beta")
-    registry.client.delete_model_version_tag(model_name("beta"), champion.version, "padim.artifact_format")
+    with mlflow.start_run(experiment_id=registry._experiment("beta")):  # noqa: SLF001
+        info = mlflow.pyfunc.log_model(name="model", python_model=PickledPyfunc())
+    old = mlflow.register_model(info.model_uri, model_name("beta"))
+    registry.client.set_registered_model_alias(model_name("beta"), "champion", old.version)
     extra, _, _ = write_flat_folders(tmp_path / "more", 6, 0, seed=9)
     for image in extra.iterdir():
         image.rename(image.with_name(f"week2-{image.name}"))
     assert main(["--root", str(first_run), "data", "add", "beta", "--append", "--normal", str(extra)]) == 0
     assert retrain(first_run, "beta") == 0
-    assert registry.champion("beta").version == champion.version
+    assert str(registry.champion("beta").version) == str(old.version)
     assert registry.challenger("beta").tags["padim.reason"] == (
-        f"champion v{champion.version} was registered before the data-only model format, so it is not"
-        " loaded to be re-scored on this data (that would unpickle it); compare and promote by hand")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        f"padim-beta v{old.version} is a pickled model (registered before the data-only format); it is not"
+        " loaded, since loading it would run its code, so it cannot be re-scored on this data; compare and"
+        " promote by hand")
+    images = first_run / "data" / "beta" / "test"
+    assert main(["--root", str(first_run), "predict", "beta", str(images), "--out", str(tmp_path / "o")]) == 1
+    assert "is a pickled model" in capsys.readouterr().err
 
 
 def post(url: str, body: dict) -> dict:
-    import urllib.request
-
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())["predictions"]
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_pixels_and_encoded_images_as_in_process(first_run: Path) -> None:
+def test_mlflow_models_serve_answers_pixels_and_encoded_images_as_in_process(first_run: Path,
+                                                                             tmp_path: Path) -> None:
     import base64
-    import signal
-    import time
-    import urllib.request
 
     import mlflow
 
     files = sorted((first_run / "data" / "alpha" / "test" / "spot").iterdir())[:2]
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
-    expected = mlflow.pyfunc.load_model("models:/padim-alpha@champion").predict(pixels)
-    port, bin_dir = free_port(), Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               MLFLOW_TRACKING_URI=f"sqlite:///{first_run / 'mlflow.db'}")
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/padim-alpha@champion",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(command, env=env, cwd=first_run, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
+    uri = "models:/padim-alpha@champion"
+    expected = mlflow.pyfunc.load_model(uri).predict(pixels)
+    with mlflow_server(uri, f"sqlite:///{first_run / 'mlflow.db'}", tmp_path / "server.log") as url:
         answers = [post(f"{url}/invocations", {"inputs": pixels.tolist()}),
                    post(f"{url}/invocations", {"inputs": {"image": encoded}}),
                    post(f"{url}/invocations", {"dataframe_split": {"columns": ["image"],
                                                                    "data": [[e] for e in encoded]}})]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(f"{url}/invocations", {"inputs": {"image": [encoded[0], "not base64!"]}})
+        assert refused.value.code == 400 and "image 1: not base64 text" in refused.value.read().decode()
     for answer in answers:
         assert np.allclose(answer["pred_score"], expected["pred_score"], atol=1e-6)
         assert answer["pred_label"] == expected["pred_label"].tolist()
