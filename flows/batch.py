@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 
 from padim_plugin.images import ImageDecodeError, decode_image
 from padim_plugin.mvtec import is_image
-from padim_plugin.scoring import raw_image_threshold
+from padim_plugin.scoring import indices_by_shape, raw_image_threshold
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -101,10 +101,8 @@ class _Batch:
 
     def by_size(self) -> Iterator[tuple[list[Path], np.ndarray]]:
         """The decoded images grouped by shape, each group one array (N, H, W, 3)."""
-        shapes = dict.fromkeys(image.shape for _, image in self.images)
-        for shape in shapes:
-            group = [(path, image) for path, image in self.images if image.shape == shape]
-            yield [path for path, _ in group], np.stack([image for _, image in group])
+        for indices in indices_by_shape([image.shape for _, image in self.images]).values():
+            yield [self.images[i][0] for i in indices], np.stack([self.images[i][1] for i in indices])
 
 
 def _batches(files: list[Path], batch_size: int) -> Iterator[_Batch]:

@@ -8,7 +8,6 @@ read-only snapshot keyed by that md5, so flows on different revisions never step
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -146,11 +145,10 @@ class DataStore:
     def file_digests(self, line: str, rev: str | None = None) -> dict[str, str]:
         """{path within the line: md5 of its content} of the version at ``rev``, for diffs."""
         version = self.pull(line, rev)
-        return {
-            path.relative_to(version.path).as_posix(): hashlib.md5(path.read_bytes(),
-                                                                   usedforsecurity=False).hexdigest()
-            for path in sorted(version.path.rglob("*")) if path.is_file()
-        }
+        from .layout import content_digest
+
+        return {path.relative_to(version.path).as_posix(): content_digest(path)
+                for path in sorted(version.path.rglob("*")) if path.is_file()}
 
     def lines(self, rev: str | None = None) -> list[str]:
         """Product lines with a data pointer in the workspace or at a revision."""

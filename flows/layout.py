@@ -151,6 +151,7 @@ def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,
     report = StagingReport()
     staging.mkdir(parents=True, exist_ok=True)
     existing: dict[str, list[Path]] = {}  # key -> stored files
+    digests: dict[Path, str] = {}  # stored file -> content digest, each file read once
     by_content: dict[str, str] = {}  # content digest -> what holds it
     stems: dict[tuple[str, str], str] = {}  # (defect kind, stem) -> stored file name
     if previous is not None:
@@ -159,13 +160,14 @@ def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,
             for label_dir in _subdirs(staging / role):
                 for stored in _images(label_dir):
                     existing.setdefault(image_key(label_dir.name, stored.name), []).append(stored)
-                    by_content.setdefault(_digest(stored), f"{role}/{label_dir.name}/{stored.name}")
+                    digests[stored] = content_digest(stored)
+                    by_content.setdefault(digests[stored], f"{role}/{label_dir.name}/{stored.name}")
                     stems[label_dir.name, stored.stem] = stored.name
     problems = []
     for item in incoming:
-        digest = _digest(item.source)
+        digest = content_digest(item.source)
         stored = existing.get(item.key, [])
-        same = [path for path in stored if _digest(path) == digest]
+        same = [path for path in stored if digests[path] == digest]
         if same:
             if item.mask is not None:
                 problems += _add_mask_to_stored(item, same[0], staging, replace, report)
@@ -193,6 +195,7 @@ def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,
         target = _copy(item.source, staging / role / item.label, item.stored_name)
         report.sources[target] = str(item.source)
         existing[item.key] = [Path(target)]
+        digests[Path(target)] = digest
         by_content[digest] = f"{role}/{item.key}"
         stems[item.label, stem] = item.stored_name
         if stored:
@@ -212,7 +215,7 @@ def _add_mask_to_stored(item: Incoming, stored: Path, staging: Path, replace: bo
                         report: StagingReport) -> list[str]:
     """An identical image came with a mask: give the stored image that mask, unless it has another."""
     current = mask_candidates(staging / "ground_truth" / item.label, stored.stem)
-    if current and all(_digest(mask) == _digest(item.mask) for mask in current):
+    if current and all(content_digest(mask) == content_digest(item.mask) for mask in current):
         report.skipped.append(f"{item.source}: already in the line, with this mask")
         return []
     if current and not replace:
@@ -234,7 +237,8 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _digest(path: Path) -> str:
+def content_digest(path: Path) -> str:
+    """MD5 of a file's bytes (DVC's hash): what "the same image" means for imports and diffs."""
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 

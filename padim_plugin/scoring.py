@@ -14,6 +14,14 @@ import torch
 from torch.nn import functional as F
 
 
+def indices_by_shape(shapes: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
+    """Positions of the images of each shape, in first-seen order: one model call per shape."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(shape, []).append(index)
+    return groups
+
+
 def raw_image_threshold(model: torch.nn.Module) -> float:
     """The image threshold in raw score units, as the model's post-processor holds it."""
     return float(model.post_processor._image_threshold)  # noqa: SLF001  # anomalib keeps it private
@@ -91,8 +99,7 @@ def score_payload(model: torch.nn.Module, payload: object) -> dict[str, np.ndarr
         return score_arrays(model, np.stack(images))
     scores, labels = np.zeros(len(images), np.float32), np.zeros(len(images), np.int64)
     maps: list[np.ndarray] = [np.empty(0)] * len(images)
-    for shape in dict.fromkeys(shapes):
-        indices = [i for i, other in enumerate(shapes) if other == shape]
+    for indices in indices_by_shape(shapes).values():
         output = score_arrays(model, np.stack([images[i] for i in indices]))
         scores[indices], labels[indices] = output["pred_score"], output["pred_label"]
         for position, index in enumerate(indices):
