@@ -40,8 +40,9 @@ def score_arrays(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.nda
     batch = batch.expand(-1, 3, -1, -1)
     with torch.no_grad():
         output = model(batch)
-    anomaly_map = F.interpolate(output.anomaly_map.float(), size=array.shape[1:3], mode="bilinear",
-                                align_corners=False)
+    anomaly_map = output.anomaly_map.float()
+    if anomaly_map.shape[-2:] != array.shape[1:3]:
+        anomaly_map = F.interpolate(anomaly_map, size=array.shape[1:3], mode="bilinear", align_corners=False)
     return {
         "pred_score": output.pred_score.flatten().float().numpy(),
         "pred_label": output.pred_label.flatten().to(torch.int64).numpy(),

@@ -116,8 +116,11 @@ class StreamingPadimModel(nn.Module):
         layer is written once, straight into a positions-first (h, w, B, C) buffer: the layout the
         Gaussian consumes, with no intermediate upsampled copies.
         """
+        # channels-last input: oneDNN's convolutions run about 1.5x faster on the CPU (measured in
+        # bench/runtimes.py), and the result is the same up to float rounding
+        images = as_three_channels(images).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            features = self.feature_extractor(as_three_channels(images))
+            features = self.feature_extractor(images)
         height, width = features[0].shape[-2:]
         embedding = features[0].new_empty(height, width, images.shape[0], self.n_features)
         start = 0
