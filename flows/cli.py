@@ -90,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
     predict.set_defaults(run=_predict)
 
+    export = commands.add_parser("export", help="export a line's model to ONNX or OpenVINO, checked against"
+                                 " it")
+    export.add_argument("line")
+    export.add_argument("--format", dest="export_format", choices=("onnx", "openvino"), required=True)
+    export.add_argument("--alias", default="champion", help="registry alias (default champion)")
+    export.add_argument("--out", type=Path, default=Path("exports"), help="folder for the export (default"
+                        " exports/)")
+    export.add_argument("--input-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                        help="fixed input size (default the model's image size; the graph resizes)")
+    export.set_defaults(run=_export)
+
     promote = commands.add_parser("promote", help="make a model version the line's champion")
     promote.add_argument("line")
     promote.add_argument("version")
@@ -184,6 +195,16 @@ def _predict(args: argparse.Namespace) -> int:
               *report.failed, sep="\n  ", file=sys.stderr)
         return 1
     return 0
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_line
+    from .registry import Registry
+
+    size = tuple(args.input_size) if args.input_size else None
+    report = export_line(Registry(args.root), args.line, args.export_format, args.out, args.alias, size)
+    errors = ", ".join(f"{name} {error:.1e}" for name, error in report.errors.items())
+    print(f"wrote {report.model} and {report.manifest.name} (relative error vs torch: {errors})")
 
 
 def _promote(args: argparse.Namespace) -> None:

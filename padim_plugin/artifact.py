@@ -72,7 +72,7 @@ def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
         "normalisation": {"mean": list(_normalize(model).mean), "std": list(_normalize(model).std)},
         "thresholds": {name: float(getattr(post, name)) for name in POST_PROCESSOR_BUFFERS},
         "packages": package_versions("padim-plugin", "anomalib", "torch", "timm"),
-        "tensors_sha256": _sha256(folder / TENSORS),
+        "tensors_sha256": file_sha256(folder / TENSORS),
         "metadata": metadata_ or {},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -86,7 +86,7 @@ def load_artifact(folder: Path) -> StreamingPadim:
     tensors_path = folder / TENSORS
     if not tensors_path.is_file():
         raise ArtifactError(f"{tensors_path}: missing")
-    if _sha256(tensors_path) != manifest["tensors_sha256"]:
+    if file_sha256(tensors_path) != manifest["tensors_sha256"]:
         raise ArtifactError(f"{tensors_path}: content does not match the manifest's SHA-256 (tampered or"
                             " truncated)")
     try:
@@ -169,7 +169,7 @@ def _normalize(model: StreamingPadim) -> Normalize:
     return next(t for t in getattr(transform, "transforms", [transform]) if isinstance(t, Normalize))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):

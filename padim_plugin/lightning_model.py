@@ -30,6 +30,8 @@ from .torch_model import StreamingPadimModel
 
 logger = logging.getLogger(__name__)
 
+ONNX_OPSET = 18
+
 
 class StreamingPadim(AnomalibModule):
     """PaDiM with memory-free, multi-device Gaussian fitting.
@@ -138,7 +140,10 @@ class StreamingPadim(AnomalibModule):
         return super().to_torch(*args, **kwargs)
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
+        """anomalib's export (``to_openvino`` goes through it too), at the lowest opset torch's
+        exporter implements: asking for less, as anomalib does, only adds a conversion that fails."""
         self._require_fitted("export")
+        kwargs.setdefault("opset_version", ONNX_OPSET)
         return super().to_onnx(*args, **kwargs)
 
     def to_openvino(self, *args: Any, **kwargs: Any) -> Path:

@@ -235,6 +235,31 @@ def test_score_images_flow_writes_the_same_table(first_run: Path, tmp_path: Path
     assert read_table(report.table) == read_table(tmp_path / "cli" / "scores.csv")
 
 
+def test_export_writes_a_checked_openvino_model_of_the_champion_that_scores_as_the_pyfunc(
+        first_run: Path, tmp_path: Path) -> None:
+    from padim_plugin.artifact import file_sha256
+    from padim_plugin.exported import ExportedModel
+
+    out = tmp_path / "exports"
+    assert main(["--root", str(first_run), "export", "alpha", "--format", "openvino", "--out", str(out)]) == 0
+    champion = Registry(first_run).champion("alpha")
+    folder = out / f"padim-alpha-v{champion.version}-openvino"
+    manifest = json.loads((folder / "export.json").read_text())
+    assert manifest["version"] == str(champion.version)
+    assert manifest["data_md5"] == champion.tags["padim.data_md5"]
+    assert manifest["files"] == {name: file_sha256(folder / name) for name in ("model.bin", "model.xml")}
+    assert [p.name for p in out.iterdir()] == [folder.name]  # no half-written export left behind
+
+    test = first_run / "data" / "alpha" / "test"
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in sorted(test.rglob("*.png"))])
+    expected = mlflow.pyfunc.load_model("models:/padim-alpha@champion").predict(pixels)
+    outputs = ExportedModel(folder / "model.xml")(pixels.transpose(0, 3, 1, 2) / 255)
+    np.testing.assert_allclose(outputs["pred_score"].ravel(), expected["pred_score"], atol=1e-3)
+    np.testing.assert_array_equal(outputs["pred_label"].ravel(), expected["pred_label"])
+    args = ["export", "nosuchline", "--format", "onnx", "--out", str(out)]
+    assert main(["--root", str(first_run), *args]) == 1
+
+
 def test_dask_task_runner_on_a_local_cluster(first_run: Path) -> None:
     from distributed import LocalCluster
 

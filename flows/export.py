@@ -1,0 +1,99 @@
+"""Export a registered line model to ONNX or OpenVINO IR for the line's inference machines.
+
+The version behind an alias is loaded as data (never a pickle), exported with anomalib's exporter,
+run once on a fixed probe batch beside the torch model, and refused if the two disagree by more
+than 1e-3 (relative to the map's scale). Only then does the export land in its folder, with
+``export.json``: which model and data it is, its input, its thresholds, its files' SHA-256 and the
+measured agreement. Nothing is written to the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from padim_plugin.artifact import file_sha256, package_versions
+from padim_plugin.exported import FORMATS, ExportedModel, compare_with_torch, export_model, image_size
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+PARITY_TOLERANCE = 1e-3
+MANIFEST = "export.json"
+
+
+class ExportError(RuntimeError):
+    """An export disagrees with the model it came from, so it was not written."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    model: Path  # model.onnx or model.xml
+    manifest: Path
+    errors: dict[str, float]  # output name -> relative error against torch on the probe batch
+
+
+def export_line(registry: Registry, line: str, export_format: str, out: Path, alias: str = "champion",
+                input_size: tuple[int, int] | None = None) -> ExportReport:
+    """Export ``models:/padim-<line>@<alias>`` to ``out/padim-<line>-v<N>-<format>/``."""
+    from .registry import model_name
+
+    if export_format not in FORMATS:
+        raise ValueError(f"export format must be one of {FORMATS}, got {export_format!r}")
+    version = registry.alias(line, alias)
+    if version is None:
+        raise KeyError(f"{model_name(line)} has no @{alias} in {registry.uri}")
+    model = registry.load_model(line, str(version.version))
+    size = input_size or image_size(model)
+    target = out / f"{model_name(line)}-v{version.version}-{export_format}"
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
+        path = export_model(model, export_format, Path(scratch), size)
+        errors = compare_with_torch(model, ExportedModel(path), probe_images(size))
+        worst = max(errors.values())
+        if not worst <= PARITY_TOLERANCE:
+            raise ExportError(f"{model_name(line)} v{version.version}: the {export_format} export differs"
+                              f" from the model by {worst:.2e} relative (tolerance {PARITY_TOLERANCE});"
+                              " not written")
+        manifest = {
+            "model": model_name(line),
+            "version": str(version.version),
+            "alias": alias,
+            "format": export_format,
+            "data_md5": version.tags.get("padim.data_md5", ""),
+            "image_size": list(image_size(model)),
+            "input": {"name": "input", "shape": ["N", 3, *size], "dtype": "float32",
+                      "values": "RGB in 0..1; the graph resizes and normalises"},
+            "outputs": {"pred_score": "(N, 1) normalised: the line's threshold sits at 0.5",
+                        "pred_label": "(N, 1) bool", "anomaly_map": "(N, 1, H, W) normalised",
+                        "pred_mask": "(N, 1, H, W) bool"},
+            "raw_thresholds": {"image": float(model.post_processor._image_threshold),  # noqa: SLF001
+                               "pixel": float(model.post_processor._pixel_threshold)},  # noqa: SLF001
+            "runtime": ("compile with INFERENCE_PRECISION_HINT f32 for these figures: OpenVINO's CPU default"
+                        " is bfloat16 where the CPU has it" if export_format == "openvino" else
+                        "onnxruntime CPUExecutionProvider"),
+            "relative_error_vs_torch": errors,
+            "files": {p.name: file_sha256(p) for p in sorted(path.parent.iterdir())},
+            "packages": package_versions("padim-plugin", "anomalib", "torch", "onnx", "onnxruntime",
+                                         "openvino"),
+        }
+        (path.parent / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(path.parent, target)
+    return ExportReport(target / path.name, target / MANIFEST, errors)
+
+
+def probe_images(size: tuple[int, int], count: int = 2, seed: int = 0) -> np.ndarray:
+    """A fixed batch (N, 3, H, W) of smooth random images in 0..1: the same probe for every export."""
+    generator = np.random.default_rng(seed)
+    coarse = generator.random((count, 3, 8, 8), dtype=np.float32)
+    return np.kron(coarse, np.ones((1, 1, -(-size[0] // 8), -(-size[1] // 8)), dtype=np.float32))[
+        ..., : size[0], : size[1]]
+
