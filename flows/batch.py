@@ -50,7 +50,7 @@ def list_images(sources: list[Path]) -> list[Path]:
 
 
 def score_files(registry: Registry, line: str, files: list[Path], out: Path, alias: str = "champion",
-                batch_size: int = 16, progress: Callable[[str], None] = print) -> ScoringReport:
+                batch_size: int = 8, progress: Callable[[str], None] = print) -> ScoringReport:
     """Score ``files`` with ``models:/padim-<line>@<alias>``; write ``out/scores.csv`` and heatmaps."""
     import mlflow
 
@@ -128,7 +128,7 @@ def _save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: Path) -> Non
 
 
 @flow(name="score-images", log_prints=True)
-def score_images(line: str, source: str, out: str, alias: str = "champion", batch_size: int = 16,
+def score_images(line: str, source: str, out: str, alias: str = "champion", batch_size: int = 8,
                  root: str = ".") -> ScoringReport:
     """Scheduled batch inference: score every image under ``source`` with the line's ``alias``."""
     from .registry import Registry

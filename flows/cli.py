@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
     predict.add_argument("--out", type=Path, required=True, help="folder for scores.csv and heatmaps")
     predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
-    predict.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    predict.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser("export", help="export a line's model to ONNX or OpenVINO, checked against"
