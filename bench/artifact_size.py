@@ -10,23 +10,30 @@ Accuracy (``--mtd``): one fit on Magnetic Tile Defects (MVTec layout: 762 traini
 582 test images), saved in float32 and in float16, both loaded back and run on the test images:
 the image AUROC of each, and the relative error of the float16 raw anomaly maps against float32.
 
+ONNX (``--onnx CONFIG``): that configuration exported with anomalib's ``to_onnx``, the weights in
+external data beside the graph, loaded by ONNX Runtime and run on one image against torch.
+
     .venv/bin/python bench/artifact_size.py [--mtd] [--configs efficientnet_lite0:100:256 ...]
+    .venv/bin/python bench/artifact_size.py --configs resnet18:100:224 --onnx wide_resnet50_2:550:224
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import resource
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from anomalib.models.image.padim.torch_model import PadimModel
 from sklearn.metrics import roc_auc_score
 
 from padim_plugin import StreamingPadim
 from padim_plugin.artifact import load_artifact, save_artifact
+from padim_plugin.exported import ExportedModel, compare_with_torch, export_model
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -112,16 +119,37 @@ def float16_rows(data: Path) -> list[str]:
             f"\nimage AUROC change float16 - float32: {auroc['float16'] - auroc['float32']:+.5f}"]
 
 
+def onnx_rows(config: str) -> list[str]:
+    """Export one configuration to ONNX (anomalib's exporter), load it in ONNX Runtime, run one image."""
+    backbone, n_features, size = config.split(":")
+    model = with_fitted_shapes(backbone, int(n_features), int(size))
+    image = np.random.default_rng(0).random((1, 3, int(size), int(size)), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = export_model(model, "onnx", Path(scratch))
+        graph_mb = path.stat().st_size / 2**20
+        data_mb = path.with_name(path.name + ".data").stat().st_size / 2**20
+        errors = compare_with_torch(model, ExportedModel(path), image)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return ["| ONNX export | model.onnx MB | model.onnx.data MB | ONNX Runtime loads and runs"
+            " | score rel. error | peak RSS GB |", "|---|---:|---:|---|---:|---:|",
+            f"| {backbone} / {n_features} @ {size} | {graph_mb:.2f} | {data_mb:.0f} | yes |"
+            f" {errors['pred_score']:.1e} | {peak_gb:.1f} |"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help="backbone:channels:size")
     parser.add_argument("--mtd", action="store_true", help="also measure float16 accuracy on MTD")
     parser.add_argument("--data", type=Path, default=pva.DEFAULT_DATA)
+    parser.add_argument("--onnx", metavar="CONFIG", help="also export CONFIG to ONNX and run it, e.g."
+                        " wide_resnet50_2:550:224 (past protobuf's 2 GiB: external data)")
     args = parser.parse_args(argv)
     torch.set_num_threads(pva.available_cores())
     print("\n".join(size_rows(args.configs)))
     if args.mtd:
         print("\n" + "\n".join(float16_rows(args.data)))
+    if args.onnx:
+        print("\n" + "\n".join(onnx_rows(args.onnx)))
 
 
 if __name__ == "__main__":
