@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from padim_plugin.runtime import FORMATS
+
 if TYPE_CHECKING:
     from .config import DataParams
     from .layout import StagingReport
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a line's model to ONNX or OpenVINO, checked against"
                                  " it")
     export.add_argument("line")
-    export.add_argument("--format", dest="export_format", choices=("onnx", "openvino"), required=True)
+    export.add_argument("--format", dest="export_format", choices=FORMATS, required=True)
     export.add_argument("--alias", default="champion", help="registry alias (default champion)")
     export.add_argument("--out", type=Path, default=Path("exports"), help="folder for the export (default"
                         " exports/)")

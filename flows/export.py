@@ -1,9 +1,11 @@
 """Export a registered line model to ONNX or OpenVINO IR for the line's inference machines.
 
-The version behind an alias is loaded as data (never a pickle), exported with anomalib's exporter,
-run once on a fixed probe batch beside the torch model, and refused if the two disagree by more
-than 1e-3 (relative to the map's scale). Only then does the export land in its folder, with
-``export.json``: which model and data it is, its input, its thresholds, its files' SHA-256 and the
+The version behind an alias is loaded as data (never a pickle) and exported with anomalib's
+exporter. Before anything lands in ``out``, two checks on a fixed probe batch: the same export
+without post-processing must give the torch model's raw scores and maps within 1e-3 (relative to
+the map's scale; the post-processor's clamp cannot hide a difference there), and the export itself
+must give the torch model's labels. Then the folder is put in place whole, with ``export.json``:
+which model and data it is, its input and outputs, its thresholds, its files' SHA-256 and the
 measured agreement. Nothing is written to the registry.
 """
 
@@ -17,15 +19,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from padim_plugin.artifact import file_sha256, package_versions
-from padim_plugin.exported import FORMATS, ExportedModel, compare_with_torch, export_model, image_size
+from padim_plugin.exported import FORMATS, export_model, image_size, raw_errors
+from padim_plugin.runtime import ExportedModel
 
 if TYPE_CHECKING:
     from .registry import Registry
 
 PARITY_TOLERANCE = 1e-3
 MANIFEST = "export.json"
+RUNTIME_NOTES = {
+    "openvino": "compile with INFERENCE_PRECISION_HINT f32 (padim_plugin.runtime.ExportedModel does):"
+                " OpenVINO's CPU default is bfloat16 where the CPU has it",
+    "onnx": "onnxruntime, CPUExecutionProvider; model.onnx.data must stay beside model.onnx",
+}
+OUTPUTS = {"pred_score": "(N, 1) normalised: the line's threshold sits at 0.5", "pred_label": "(N, 1) bool",
+           "anomaly_map": "(N, 1, H, W) normalised like pred_score", "pred_mask": "(N, 1, H, W) bool"}
 
 
 class ExportError(RuntimeError):
@@ -36,7 +47,7 @@ class ExportError(RuntimeError):
 class ExportReport:
     model: Path  # model.onnx or model.xml
     manifest: Path
-    errors: dict[str, float]  # output name -> relative error against torch on the probe batch
+    errors: dict[str, float]  # raw output name -> relative error against torch on the probe batch
 
 
 def export_line(registry: Registry, line: str, export_format: str, out: Path, alias: str = "champion",
@@ -53,13 +64,17 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
     size = input_size or image_size(model)
     target = out / f"{model_name(line)}-v{version.version}-{export_format}"
     out.mkdir(parents=True, exist_ok=True)
+    probe = probe_images(size)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
-        path = export_model(model, export_format, Path(scratch), size)
-        errors = compare_with_torch(model, ExportedModel(path), probe_images(size))
-        worst = max(errors.values())
-        if not worst <= PARITY_TOLERANCE:
-            raise ExportError(f"{model_name(line)} v{version.version}: the {export_format} export differs"
-                              f" from the model by {worst:.2e} relative (tolerance {PARITY_TOLERANCE});"
+        errors = raw_errors(model, export_format, Path(scratch) / "raw", probe, size)
+        path = export_model(model, export_format, Path(scratch) / "export", size)
+        exported = ExportedModel(path)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(probe)).pred_label.numpy()
+        labels_agree = bool((exported(probe)["pred_label"] == expected).all())
+        problem = disagreement(errors, labels_agree)
+        if problem:
+            raise ExportError(f"{model_name(line)} v{version.version}: the {export_format} export {problem};"
                               " not written")
         manifest = {
             "model": model_name(line),
@@ -68,26 +83,48 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
             "format": export_format,
             "data_md5": version.tags.get("padim.data_md5", ""),
             "image_size": list(image_size(model)),
-            "input": {"name": "input", "shape": ["N", 3, *size], "dtype": "float32",
+            "input": {"name": exported.input_name, "shape": ["N", 3, *size], "dtype": "float32",
                       "values": "RGB in 0..1; the graph resizes and normalises"},
-            "outputs": {"pred_score": "(N, 1) normalised: the line's threshold sits at 0.5",
-                        "pred_label": "(N, 1) bool", "anomaly_map": "(N, 1, H, W) normalised",
-                        "pred_mask": "(N, 1, H, W) bool"},
+            "outputs": {name: OUTPUTS.get(name, "") for name in exported.output_names},
             "raw_thresholds": {"image": float(model.post_processor._image_threshold),  # noqa: SLF001
                                "pixel": float(model.post_processor._pixel_threshold)},  # noqa: SLF001
-            "runtime": ("compile with INFERENCE_PRECISION_HINT f32 for these figures: OpenVINO's CPU default"
-                        " is bfloat16 where the CPU has it" if export_format == "openvino" else
-                        "onnxruntime CPUExecutionProvider"),
-            "relative_error_vs_torch": errors,
+            "runtime": RUNTIME_NOTES[export_format],
+            "raw_relative_error_vs_torch": errors,
             "files": {p.name: file_sha256(p) for p in sorted(path.parent.iterdir())},
             "packages": package_versions("padim-plugin", "anomalib", "torch", "onnx", "onnxruntime",
                                          "openvino"),
         }
         (path.parent / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.move(path.parent, target)
+        replace_folder(path.parent, target)
     return ExportReport(target / path.name, target / MANIFEST, errors)
+
+
+def disagreement(raw_errors: dict[str, float], labels_agree: bool) -> str | None:
+    """Why an export must not be written, or None when it agrees with its model."""
+    worst = max(raw_errors.values())
+    if not worst <= PARITY_TOLERANCE:  # NaN included
+        return f"differs from the model by {worst:.2e} relative (tolerance {PARITY_TOLERANCE})"
+    if not labels_agree:
+        return "labels the probe images otherwise than the model"
+    return None
+
+
+def replace_folder(folder: Path, target: Path) -> None:
+    """Move ``folder`` to ``target`` (same file system), replacing an earlier export only once the
+    new one is there: a failure leaves the earlier export where it was."""
+    previous = target.with_name(f".{target.name}.previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    if target.exists():
+        target.rename(previous)
+    try:
+        folder.rename(target)
+    except OSError:
+        if previous.exists():
+            previous.rename(target)
+        raise
+    if previous.exists():
+        shutil.rmtree(previous)
 
 
 def probe_images(size: tuple[int, int], count: int = 2, seed: int = 0) -> np.ndarray:

@@ -1,70 +1,27 @@
-"""A fitted StreamingPadim exported to ONNX or OpenVINO IR, and run without torch.
+"""Export a fitted StreamingPadim to ONNX or OpenVINO IR, and check an export against the model.
 
 Export goes through anomalib's own ``to_onnx`` / ``to_openvino`` (the path ``Engine.export`` takes),
 so the graph holds the whole pipeline: resize and normalisation, backbone, Mahalanobis map, blur,
-and the post-processor with the line's thresholds. Input: float32 (N, 3, H, W) RGB in 0..1 at the
-exported size. Outputs: ``pred_score`` (N, 1) normalised so the threshold sits at 0.5,
-``pred_label``, ``anomaly_map`` (N, 1, H, W) and ``pred_mask``.
+and the post-processor with the line's thresholds. ``padim_plugin.runtime.ExportedModel`` runs the
+result without torch. The ONNX exporter writes the weights as external data beside
+``model.onnx`` (``model.onnx.data``), so models past protobuf's 2 GiB limit export and load.
 
-The ONNX exporter writes the weights as external data beside ``model.onnx`` (``model.onnx.data``),
-so models past protobuf's 2 GiB limit export and load. OpenVINO's CPU plugin computes in bfloat16
-by default on CPUs that have it, which moves scores by about 0.5%; :class:`ExportedModel` asks for
-float32 unless told otherwise.
+The post-processor clamps normalised scores and maps into 0..1, so two exports that agree after
+it may still differ below or above the calibrated range; :func:`raw_outputs` exports and runs the
+model without it, which is how the numbers themselves are compared.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.transforms.v2 import Resize
 
-FORMATS = ("onnx", "openvino")
-
-
-class ExportedModel:
-    """An exported model on the CPU: ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``.
-
-    Args:
-        path: ``model.onnx`` or ``model.xml`` as written by :func:`export_model`.
-        threads: CPU threads for the runtime; None lets it choose.
-        precision: OpenVINO's inference precision ("f32", or "bf16"/"f16" where the CPU has them).
-    """
-
-    def __init__(self, path: Path, threads: int | None = None, precision: str = "f32") -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no exported model there")
-        if self.path.suffix == ".onnx":
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            session = onnxruntime.InferenceSession(str(self.path), options,
-                                                   providers=["CPUExecutionProvider"])
-            self.input_name = session.get_inputs()[0].name
-            self.output_names = [output.name for output in session.get_outputs()]
-            self._run = lambda images: session.run(None, {self.input_name: images})
-        elif self.path.suffix == ".xml":
-            import openvino
-
-            config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
-            compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
-            self.input_name = compiled.inputs[0].get_any_name()
-            self.output_names = [output.get_any_name() for output in compiled.outputs]
-            request = compiled.create_infer_request()
-            self._run = lambda images: list(request.infer({0: images}).values())
-        else:
-            raise ValueError(f"{self.path}: not an exported model (.onnx or OpenVINO .xml)")
-
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs by name for a float32 batch (N, 3, H, W) in 0..1."""
-        return dict(zip(self.output_names, self._run(np.ascontiguousarray(images, dtype=np.float32)),
-                        strict=True))
+from .runtime import FORMATS, ExportedModel, relative_error
 
 
 def export_model(model: torch.nn.Module, export_format: str, folder: Path,
@@ -85,17 +42,23 @@ def export_model(model: torch.nn.Module, export_format: str, folder: Path,
 
 def image_size(model: torch.nn.Module) -> tuple[int, int]:
     """The (height, width) the model's pre-processor resizes to."""
-    transform = model.pre_processor.transform
-    resize = next(t for t in getattr(transform, "transforms", [transform]) if isinstance(t, Resize))
+    transform = getattr(model.pre_processor, "transform", None)
+    resize = next((t for t in getattr(transform, "transforms", [transform]) if isinstance(t, Resize)), None)
+    if resize is None or not isinstance(resize.size, list | tuple):
+        raise ValueError("the model's pre-processor has no fixed-size Resize: pass an input size")
     height, width = (resize.size * 2)[:2] if len(resize.size) == 1 else resize.size
     return int(height), int(width)
 
 
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Largest absolute difference over the expected values' largest magnitude: the error relative
-    to the scale of a map, which per-element ratios are not near its zeros."""
-    scale = float(np.abs(expected).max())
-    return float(np.abs(np.asarray(actual, dtype=np.float64) - expected).max() / (scale or 1.0))
+@contextmanager
+def raw_outputs(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model without its post-processor for the duration: raw scores and maps, unclamped."""
+    post_processor = model.post_processor
+    model.post_processor = None
+    try:
+        yield model
+    finally:
+        model.post_processor = post_processor
 
 
 def compare_with_torch(model: torch.nn.Module, exported: ExportedModel,
@@ -106,3 +69,12 @@ def compare_with_torch(model: torch.nn.Module, exported: ExportedModel,
     outputs = exported(images)
     return {name: relative_error(outputs[name], getattr(expected, name).numpy())
             for name in ("pred_score", "anomaly_map")}
+
+
+def raw_errors(model: torch.nn.Module, export_format: str, folder: Path, images: np.ndarray,
+               input_size: tuple[int, int] | None = None) -> dict[str, float]:
+    """Export the model without post-processing into ``folder`` and compare its raw outputs with
+    torch's on ``images``: the check that clamping cannot hide."""
+    with raw_outputs(model):
+        path = export_model(model, export_format, folder, input_size)
+        return compare_with_torch(model, ExportedModel(path), images)

@@ -6,18 +6,16 @@ copied until ``padim-mlops data add`` imports them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from anomalib.models import Padim
-from anomalib.models.image.padim.torch_model import PadimModel
-from torchvision.transforms.v2 import Resize
 
-from flows.thresholds import calibrate
-from flows.train import apply_calibration
-from padim_plugin import StreamingPadim
-from padim_plugin.images import decode_image
+if TYPE_CHECKING:  # the folder helpers need none of these: imported where the models are built
+    import torch
+
+    from padim_plugin import StreamingPadim
 
 MTD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mtd"
 
@@ -56,6 +54,11 @@ def mtd_paths(split: str, count: int | None = None, mtd: Path = MTD) -> list[Pat
 
 def load_images(paths: list[Path], size: int) -> np.ndarray:
     """float32 (N, 3, size, size) RGB in 0..1, the input of an exported model."""
+    import torch
+    from torchvision.transforms.v2 import Resize
+
+    from padim_plugin.images import decode_image
+
     resize = Resize((size, size), antialias=True)
     return np.stack([resize(torch.from_numpy(decode_image(p)).permute(2, 0, 1).float() / 255).numpy()
                      for p in paths])
@@ -66,25 +69,32 @@ def mtd_images(split: str, count: int, size: int) -> np.ndarray:
     return load_images(mtd_paths(split, count), size)
 
 
-def fitted_on_mtd(model: StreamingPadim | Padim, n_train: int, n_calibration: int = 20,
-                  batch_size: int = 16) -> StreamingPadim | Padim:
-    """Fit a lightning PaDiM (ours, or anomalib's with a PadimModel inside) on MTD's first normal
-    images, then set its post-processor from the next ones as a normal-only line's validation does."""
-    size = model.pre_processor.transform.transforms[0].size[0]
-    images = torch.from_numpy(mtd_images("train", n_train + n_calibration, size))
+def mtd_model(size: int = 256, n_features: int = 100) -> StreamingPadim:
+    """The configuration the MTD benches and tests share: efficientnet_lite0 (offline weights)."""
+    from padim_plugin import StreamingPadim
+
+    pre_processor = StreamingPadim.configure_pre_processor((size, size))
+    return StreamingPadim(backbone="efficientnet_lite0", n_features=n_features, evaluator=False,
+                          visualizer=False, pre_processor=pre_processor)
+
+
+def fitted_on_mtd(model: torch.nn.Module, n_train: int, n_calibration: int = 20, batch_size: int = 16,
+                  fit: Callable[[Sequence[torch.Tensor]], object] | None = None) -> torch.nn.Module:
+    """Fit a lightning PaDiM on ``n_train`` MTD normal images, then set its post-processor from
+    ``n_calibration`` others, as a normal-only line's validation does. ``fit`` takes the normalised
+    batches (default: ``model.model.fit``, StreamingPadimModel's)."""
+    import torch
+
+    from flows.thresholds import calibrate
+    from flows.train import apply_calibration
+    from padim_plugin.exported import image_size
+
+    images = torch.from_numpy(mtd_images("train", n_train + n_calibration, image_size(model)[0]))
     normalised = model.pre_processor.transform(images)
     train, held_out = normalised[:n_train], normalised[n_train:]
-    core = model.model
     with torch.no_grad():
-        if isinstance(core, PadimModel):
-            core.train()  # anomalib's Padim appends embeddings to its memory bank in training mode
-            for batch in train.split(batch_size):
-                core(batch)
-            core.fit()
-        else:
-            core.fit(train.split(batch_size))
-        core.eval()
-        raw = core(held_out)
+        (fit or model.model.fit)(train.split(batch_size))
+        raw = model.model.eval()(held_out)
     maps = raw.anomaly_map.numpy().ravel()
     scores = raw.pred_score.flatten().numpy()
     calibration = calibrate(np.zeros(len(scores), dtype=int), scores, np.zeros(len(maps), dtype=int), maps,

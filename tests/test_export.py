@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from anomalib.deploy import ExportType
+from anomalib.deploy import CompressionType, ExportType
 from anomalib.engine import Engine
 from PIL import Image
 
 from flows.config import LineParams
 from flows.train import fit_line
 from padim_plugin import StreamingPadim
-from padim_plugin.exported import ExportedModel, compare_with_torch, export_model
+from padim_plugin.exported import compare_with_torch, export_model, raw_errors, raw_outputs
+from padim_plugin.runtime import ExportedModel
 
 from .conftest import write_mvtec_folder
-from .mtd import MTD, fitted_on_mtd, mtd_images
+from .mtd import MTD, fitted_on_mtd, mtd_images, mtd_model
 
 PARAMS = LineParams(name="line", model={"n_features": 8},
                     data={"image_size": 64, "train_batch_size": 4, "eval_batch_size": 4})
+Fitted = tuple[StreamingPadim, np.ndarray]  # a calibrated model, its line's test images (N, 3, H, W) 0..1
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamingPadim, np.ndarray]:
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     """A calibrated model and its line's test images as an exported model takes them."""
     base = tmp_path_factory.mktemp("export")
     line = write_mvtec_folder(base / "line", 10, 3, 3, n_validation=3)
@@ -37,44 +41,76 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamingPadim, np
 
 
 @pytest.mark.parametrize("export_format", ["onnx", "openvino"])
-def test_exports_score_and_label_as_the_torch_model(fitted: tuple, tmp_path: Path,
-                                                    export_format: str) -> None:
+def test_exports_give_the_torch_models_raw_outputs_and_labels(fitted: Fitted,
+                                                              tmp_path: Path, export_format: str) -> None:
     model, images = fitted
-    exported = ExportedModel(export_model(model, export_format, tmp_path))
-    errors = compare_with_torch(model, exported, images)
+    errors = raw_errors(model, export_format, tmp_path / "raw", images)  # unclamped: nothing hidden
     assert errors["pred_score"] <= 1e-3 and errors["anomaly_map"] <= 1e-3, errors
+    exported = ExportedModel(export_model(model, export_format, tmp_path / "export"))
     with torch.no_grad():
         expected = model(torch.from_numpy(images)).pred_label.numpy()
     np.testing.assert_array_equal(exported(images)["pred_label"], expected)  # thresholds travel along
     assert expected.any() and not expected.all()
 
 
-def test_engine_export_to_openvino_takes_anomalibs_path(fitted: tuple, tmp_path: Path) -> None:
+def test_engine_export_to_openvino_with_a_dynamic_input_size(fitted: Fitted,
+                                                             tmp_path: Path) -> None:
+    """anomalib's own path, no input size given: any camera resolution goes in, the graph resizes."""
     model, images = fitted
     engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path)
-    path = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=tmp_path,
-                         input_size=(64, 64))
-    assert path.suffix == ".xml"
-    errors = compare_with_torch(model, ExportedModel(path), images)
-    assert max(errors.values()) <= 1e-3, errors
+    with raw_outputs(model):
+        path = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=tmp_path)
+        wide = torch.nn.functional.interpolate(torch.from_numpy(images), size=(80, 96)).numpy()
+        errors = compare_with_torch(model, ExportedModel(path), wide)
+    assert path.suffix == ".xml" and max(errors.values()) <= 1e-3, errors
 
 
-def test_onnx_weights_live_in_external_data_that_moves_with_the_model(fitted: tuple, tmp_path: Path) -> None:
+def test_int8_compression_is_refused(fitted: Fitted, tmp_path: Path) -> None:
+    model, _ = fitted
+    with pytest.raises(ValueError, match="not supported for StreamingPadim"):
+        model.to_openvino(tmp_path, input_size=(64, 64), compression_type=CompressionType.INT8_PTQ)
+    assert not any(tmp_path.rglob("*.xml"))
+
+
+def test_onnx_weights_live_in_external_data_that_moves_with_the_model(fitted: Fitted,
+                                                                      tmp_path: Path) -> None:
     """What lets models past protobuf's 2 GiB export: the graph file holds no weights."""
     model, images = fitted
+    with raw_outputs(model):
+        path = export_model(model, "onnx", tmp_path / "export")
+        graph = onnx.load(path, load_external_data=False).graph
+        shape = list(model.model.whitening.shape)
+        locations = [tensor.data_location for tensor in graph.initializer if list(tensor.dims) == shape]
+        assert locations == [onnx.TensorProto.EXTERNAL]
+        assert path.with_name(path.name + ".data").stat().st_size >= model.model.whitening.numel() * 4
+        moved = Path(shutil.copytree(path.parent, tmp_path / "elsewhere")) / path.name
+        shutil.rmtree(tmp_path / "export")
+        assert max(compare_with_torch(model, ExportedModel(moved), images).values()) <= 1e-3
+
+
+def test_an_export_runs_in_a_process_that_cannot_import_torch(fitted: Fitted,
+                                                              tmp_path: Path) -> None:
+    model, images = fitted
     path = export_model(model, "onnx", tmp_path / "export")
-    graph = onnx.load(path, load_external_data=False).graph
-    shape = list(model.model.whitening.shape)
-    locations = [tensor.data_location for tensor in graph.initializer if list(tensor.dims) == shape]
-    assert locations == [onnx.TensorProto.EXTERNAL]
-    assert path.with_name(path.name + ".data").stat().st_size >= model.model.whitening.numel() * 4
-    moved = Path(shutil.copytree(path.parent, tmp_path / "elsewhere")) / path.name
-    shutil.rmtree(tmp_path / "export")
-    assert max(compare_with_torch(model, ExportedModel(moved), images).values()) <= 1e-3
+    np.save(tmp_path / "images.npy", images)
+    with torch.no_grad():
+        np.save(tmp_path / "expected.npy", model(torch.from_numpy(images)).pred_score.numpy())
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any import of torch now fails\n"
+        "import numpy as np\n"
+        "from padim_plugin.runtime import ExportedModel\n"
+        "model, images, expected = sys.argv[1:]\n"
+        "out = ExportedModel(model, threads=1)(np.load(images))\n"
+        "np.testing.assert_allclose(out['pred_score'], np.load(expected), atol=1e-5)\n"
+    )
+    args = [str(path), str(tmp_path / "images.npy"), str(tmp_path / "expected.npy")]
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_exporting_an_unknown_format_or_running_a_non_model_file_is_refused(fitted: tuple,
-                                                                           tmp_path: Path) -> None:
+def test_unknown_formats_and_files_are_refused(fitted: Fitted, tmp_path: Path) -> None:
     model, _ = fitted
     with pytest.raises(ValueError, match="export format must be one of"):
         export_model(model, "tensorrt", tmp_path)
@@ -90,9 +126,7 @@ def test_exporting_an_unknown_format_or_running_a_non_model_file_is_refused(fitt
 def test_exports_match_torch_on_real_images(tmp_path: Path, export_format: str) -> None:
     if not MTD.is_dir():
         pytest.skip(f"real data set not found at {MTD}")
-    model = fitted_on_mtd(StreamingPadim(n_features=100, evaluator=False, visualizer=False,
-                                         pre_processor=StreamingPadim.configure_pre_processor((256, 256))),
-                          n_train=40)
+    model = fitted_on_mtd(mtd_model(256), n_train=40)
     images = mtd_images("test", 16, 256)
-    errors = compare_with_torch(model, ExportedModel(export_model(model, export_format, tmp_path)), images)
+    errors = raw_errors(model, export_format, tmp_path, images)
     assert errors["pred_score"] <= 1e-3 and errors["anomaly_map"] <= 1e-3, errors

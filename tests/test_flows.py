@@ -260,6 +260,34 @@ def test_export_writes_a_checked_openvino_model_of_the_champion_that_scores_as_t
     assert main(["--root", str(first_run), *args]) == 1
 
 
+def test_an_export_that_disagrees_with_its_model_is_not_written_and_the_earlier_one_stays(
+        first_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import flows.export
+
+    out = tmp_path / "exports"
+    earlier = out / "padim-beta-v1-onnx"
+    earlier.mkdir(parents=True)
+    (earlier / "export.json").write_text("{}")
+    monkeypatch.setattr(flows.export, "raw_errors", lambda *args: {"pred_score": 0.2, "anomaly_map": 0.0})
+    assert main(["--root", str(first_run), "export", "beta", "--format", "onnx", "--out", str(out)]) == 1
+    assert "differs from the model by 2.00e-01 relative" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == [earlier.name]
+    assert [p.name for p in earlier.iterdir()] == ["export.json"]
+
+
+def test_replace_folder_swaps_a_whole_export_in(tmp_path: Path) -> None:
+    from flows.export import replace_folder
+
+    target, new = tmp_path / "export", tmp_path / "scratch" / "new"
+    for folder, content in ((target, "old"), (new, "new")):
+        folder.mkdir(parents=True)
+        (folder / "model.xml").write_text(content)
+    replace_folder(new, target)
+    assert (target / "model.xml").read_text() == "new" and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "scratch"]  # no backup left
+
+
 def test_dask_task_runner_on_a_local_cluster(first_run: Path) -> None:
     from distributed import LocalCluster
 
