@@ -5,8 +5,8 @@ of them held out to set the post-processor), exported to OpenVINO IR (float32). 
 post-training quantization then makes the convolutions INT8, calibrated on ``--calibration``
 training images; MatMuls stay float32, which keeps the Mahalanobis distance and the map's
 upsampling and blur exact (``IgnoredScope(types=["MatMul"])``). Both IRs score MTD's 582 test images
-on ``--threads`` CPU threads in float32 precision, AUROC from scores the post-processor does not
-clamp (see ``unclamped``):
+on ``--threads`` CPU threads in float32 precision, exported without the post-processor so that the
+AUROC comes from raw scores (its clamp to 0..1 would tie them):
 
     .venv/bin/python bench/int8.py [--calibration 300] [--threads 2]
 """
@@ -22,28 +22,17 @@ import numpy as np
 import openvino
 from sklearn.metrics import roc_auc_score
 
-from padim_plugin import StreamingPadim
-from padim_plugin.exported import ExportedModel, export_model
+from padim_plugin.exported import export_model, raw_outputs
+from padim_plugin.runtime import ExportedModel
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from runtimes import images_per_second  # noqa: E402
 
-from tests.mtd import MTD, fitted_on_mtd, load_images, mtd_paths  # noqa: E402
+from tests.mtd import MTD, fitted_on_mtd, load_images, mtd_model, mtd_paths  # noqa: E402
 
 SIZE, N_TRAIN, N_HELD_OUT, BATCH = 256, 742, 20, 8
-
-
-def unclamped(model: StreamingPadim) -> StreamingPadim:
-    """Make the exported score a monotone, unclamped image of the raw score (raw / 1e4 + 0.5).
-
-    anomalib's post-processor clamps normalised scores into 0..1, which ties every score past the
-    calibration range and would measure the clamp, not the model."""
-    post = model.post_processor
-    for buffer, value in ((post._image_threshold, 0.0), (post.image_min, 0.0), (post.image_max, 1e4)):  # noqa: SLF001
-        buffer.fill_(value)
-    return model
 
 
 def quantize(xml: Path, calibration: np.ndarray, target: Path) -> Path:
@@ -70,15 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not MTD.is_dir():
         raise SystemExit(f"Magnetic Tile Defects not found at {MTD}")
-    model = unclamped(fitted_on_mtd(StreamingPadim(n_features=100, evaluator=False, visualizer=False,
-                                         pre_processor=StreamingPadim.configure_pre_processor((SIZE, SIZE))),
-                          n_train=N_TRAIN, n_calibration=N_HELD_OUT))
+    model = fitted_on_mtd(mtd_model(SIZE), n_train=N_TRAIN, n_calibration=N_HELD_OUT)
     test_paths = mtd_paths("test")
     labels = np.array([path.parent.name != "good" for path in test_paths], dtype=int)
     test = load_images(test_paths, SIZE)
     calibration = load_images(mtd_paths("train", args.calibration), SIZE)
     with tempfile.TemporaryDirectory() as scratch:
-        xml = export_model(model, "openvino", Path(scratch))
+        with raw_outputs(model):  # raw scores: the post-processor's clamp would tie them
+            xml = export_model(model, "openvino", Path(scratch))
         int8 = quantize(xml, calibration, Path(scratch) / "int8.xml")
         models = {name: ExportedModel(path, threads=args.threads) for name, path in
                   (("float32", xml), ("INT8 backbone", int8))}

@@ -10,9 +10,11 @@ Rows:
 
 - full pipeline (resize, normalise, backbone, Mahalanobis map, blur, post-processor) per runtime;
 - torch backbone only, same batches and threads, channels-last input as ours feeds it (its
-  fastest): the ceiling any PaDiM can reach;
+  fastest): the ceiling any PaDiM can reach; and once more with plain (NCHW) input, as anomalib's
+  Padim feeds it;
 - ``score_arrays`` on uint8 images, what ``padim-mlops predict`` and the pyfunc run per batch;
-- the relative error of each export's maps and scores against its own torch model.
+- the relative error of each export's raw maps and scores (exported again without the
+  post-processor, whose clamp to 0..1 would hide differences) against its own torch model.
 
     .venv/bin/python bench/runtimes.py [--threads 2] [--batch-size 8] [--batches 4] [--repeats 5]
 
@@ -34,8 +36,8 @@ import numpy as np
 import torch
 from anomalib.models import Padim
 
-from padim_plugin import StreamingPadim
-from padim_plugin.exported import ExportedModel, compare_with_torch, export_model
+from padim_plugin.exported import export_model, raw_errors
+from padim_plugin.runtime import ExportedModel
 from padim_plugin.scoring import score_arrays
 
 BENCH = Path(__file__).resolve().parent
@@ -43,21 +45,21 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 import padim_vs_anomalib as pva  # noqa: E402
 
-from tests.mtd import MTD, fitted_on_mtd, mtd_images  # noqa: E402
+from tests.mtd import MTD, fitted_on_mtd, mtd_images, mtd_model  # noqa: E402
 
 SIZE, BACKBONE, N_FEATURES = 256, "efficientnet_lite0", 100
 
 
 def build_models(n_train: int) -> dict[str, torch.nn.Module]:
     """Ours and anomalib's Padim (lightning modules), fitted and calibrated alike."""
-    pre_processor = StreamingPadim.configure_pre_processor((SIZE, SIZE))
-    ours = StreamingPadim(backbone=BACKBONE, n_features=N_FEATURES, pre_processor=pre_processor,
-                          evaluator=False, visualizer=False)
+    ours = mtd_model(SIZE, N_FEATURES)
     reference = Padim(backbone=BACKBONE, layers=list(ours.model.layers), pre_trained=False,
                       n_features=N_FEATURES, pre_processor=Padim.configure_pre_processor((SIZE, SIZE)),
                       evaluator=False, visualizer=False)
     reference.model = pva.build_anomalib(ours.model)  # our ImageNet weights and channel subset
-    return {"ours": fitted_on_mtd(ours, n_train), "anomalib Padim": fitted_on_mtd(reference, n_train)}
+    fit_reference = pva.anomalib_candidate(reference.model).fit
+    return {"ours": fitted_on_mtd(ours, n_train),
+            "anomalib Padim": fitted_on_mtd(reference, n_train, fit=fit_reference)}
 
 
 def images_per_second(runners: dict[str, tuple[Callable, list]], repeats: int) -> dict[str, float]:
@@ -104,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     ours = models["ours"]
     normalised = [ours.pre_processor.transform(torch.from_numpy(batch)).contiguous(
         memory_format=torch.channels_last) for batch in batches]  # as ours feeds it: its fastest
+    plain = [batch.contiguous() for batch in normalised]
     runners: dict[str, tuple[Callable, list]] = {
         "backbone only": (torch_runner(ours.model.feature_extractor), normalised),
+        "backbone only, plain": (torch_runner(ours.model.feature_extractor), plain),
         "score_arrays": (lambda batch: score_arrays(ours, batch), pixels),
     } | {f"{name}|torch": (torch_runner(model), batches) for name, model in models.items()}
     found = images_per_second(runners, args.repeats)
@@ -113,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for name, model in models.items():
             for export_format, runtime in (("onnx", "ONNX Runtime"), ("openvino", "OpenVINO")):
-                path = export_model(model, export_format, Path(scratch) / name.replace(" ", "_"))
-                exported = ExportedModel(path, threads=args.threads)
-                errors[name, runtime] = compare_with_torch(model, exported, test[: args.batch_size])
+                folder = Path(scratch) / f"{name.replace(' ', '_')}_{export_format}"
+                probe = test[: args.batch_size]
+                errors[name, runtime] = raw_errors(model, export_format, folder / "raw", probe)
+                exported = ExportedModel(export_model(model, export_format, folder / "export"), args.threads)
                 runners[f"{name}|{runtime}"] = (exported, batches)
         found |= images_per_second(runners, args.repeats)
     rates = {tuple(name.split("|")): rate for name, rate in found.items() if "|" in name}
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {runtime} | {a:.1f} | {b:.1f} | {a / b:.2f} | {shown[0]} | {shown[1]} |")
     print("\n| ours, torch | img/s | / backbone only |\n|---|---:|---:|")
     print(f"| backbone only | {backbone:.1f} | 1.00 |")
+    print(f"| backbone only, plain (NCHW) input | {found['backbone only, plain']:.1f} |"
+          f" {found['backbone only, plain'] / backbone:.2f} |")
     print(f"| full pipeline | {rates['ours', 'torch']:.1f} | {rates['ours', 'torch'] / backbone:.2f} |")
     print(f"| score_arrays (uint8 in, maps at input size) | {predict:.1f} | {predict / backbone:.2f} |")
 
