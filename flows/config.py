@@ -35,6 +35,7 @@ class ModelParams(_Strict):
     weights: str | None = "imagenet"
     seed: int = 0
     epsilon: float = Field(0.01, gt=0)
+    top_k_percent: float | None = Field(None, gt=0, le=100)  # image score; None: the map's maximum
 
 
 class SplitParams(_Strict):

@@ -30,6 +30,7 @@ def build_model(params: LineParams) -> StreamingPadim:
         weights=model.weights,
         seed=model.seed,
         epsilon=model.epsilon,
+        top_k_percent=model.top_k_percent,
         pre_processor=StreamingPadim.configure_pre_processor((size, size)),
         evaluator=False,  # flows.evaluate computes the metrics, on raw and thresholded outputs
         visualizer=False,

@@ -50,3 +50,14 @@ class AnomalyMapGenerator(nn.Module):
         rows = self.axis_operator(distance.shape[-2], height, distance)
         columns = self.axis_operator(distance.shape[-1], width, distance)
         return rows @ distance @ columns.transpose(0, 1)
+
+
+def image_score(anomaly_map: torch.Tensor, top_k_percent: float | None = None) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 1): the map's maximum (the paper), or the mean of its ``top_k_percent``
+    highest pixels (at least one), which a single hot pixel of a normal image moves less."""
+    flat = anomaly_map.flatten(1)
+    if top_k_percent is None:
+        return flat.amax(dim=1, keepdim=True)
+    k = max(1, math.ceil(flat.shape[1] * top_k_percent / 100))
+    return flat.topk(k, dim=1).values.mean(dim=1, keepdim=True)
+

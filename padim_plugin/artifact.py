@@ -67,6 +67,7 @@ def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
         "layers": core.layers,
         "n_features": core.n_features,
         "epsilon": core.epsilon,
+        "top_k_percent": core.top_k_percent,
         "image_size": image_size,
         "dtype": dtype,
         "normalisation": {"mean": list(_normalize(model).mean), "std": list(_normalize(model).std)},
@@ -105,6 +106,7 @@ def load_artifact(folder: Path) -> StreamingPadim:
             n_features=manifest["n_features"],
             weights=None,  # the backbone's weights come from the artifact, just below
             epsilon=manifest["epsilon"],
+            top_k_percent=manifest.get("top_k_percent"),  # absent before it existed: the maximum
             pre_processor=PreProcessor(transform=Compose([
                 Resize((size, size), antialias=True),
                 Normalize(mean=manifest["normalisation"]["mean"], std=manifest["normalisation"]["std"]),

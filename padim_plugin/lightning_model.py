@@ -44,6 +44,7 @@ class StreamingPadim(AnomalibModule):
         weights: ``"imagenet"``, a local weights file, or None for random weights.
         seed: seed of the channel subset.
         epsilon: added to each covariance's diagonal.
+        top_k_percent: image score = mean of the map's top k% pixels; None = the map's maximum.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class StreamingPadim(AnomalibModule):
         weights: str | Path | None = "imagenet",
         seed: int = 0,
         epsilon: float = 0.01,
+        top_k_percent: float | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -72,6 +74,7 @@ class StreamingPadim(AnomalibModule):
             weights=str(weights) if isinstance(weights, Path) else weights,
             seed=seed,
             epsilon=epsilon,
+            top_k_percent=top_k_percent,
         )
         self._samples_left: int | None = None
 

@@ -17,7 +17,7 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F
 
-from .anomaly_map import AnomalyMapGenerator
+from .anomaly_map import AnomalyMapGenerator, image_score
 from .backbones import create_feature_extractor, default_layers
 from .gaussian import NotFittedError, StreamingGaussian, adopt_saved_shapes, mahalanobis
 
@@ -62,10 +62,15 @@ class StreamingPadimModel(nn.Module):
         seed: int = 0,
         epsilon: float = 0.01,
         sigma: float = 4.0,
+        top_k_percent: float | None = None,
     ) -> None:
         super().__init__()
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
+        if top_k_percent is not None and not 0 < top_k_percent <= 100:
+            msg = f"top_k_percent must be in (0, 100] or None (the map's maximum), got {top_k_percent}"
+            raise ValueError(msg)
+        self.top_k_percent = top_k_percent
         self.backbone = backbone
         self.layers = list(layers) if layers else list(default_layers(backbone))
         self.epsilon = epsilon
@@ -186,5 +191,5 @@ class StreamingPadimModel(nn.Module):
             raise ValueError(msg)
         distance = mahalanobis(embedding, self.mean, self.whitening).unsqueeze(1)
         anomaly_map = self.anomaly_map(distance, images.shape[-2:])
-        pred_score = torch.amax(anomaly_map, dim=(-2, -1))
+        pred_score = image_score(anomaly_map, self.top_k_percent)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

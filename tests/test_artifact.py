@@ -50,6 +50,19 @@ def test_a_loaded_artifact_scores_exactly_as_the_fitted_model(fitted: tuple, tmp
     assert manifest["thresholds"]["_image_threshold"] == raw_image_threshold(model)
 
 
+def test_the_image_score_rule_travels_with_the_artifact(fitted: tuple, tmp_path: Path) -> None:
+    model, folder, images = fitted
+    model.model.top_k_percent = 2.0
+    try:
+        loaded = load_artifact(save_model(model, PARAMS, tmp_path / "top_k"))
+        assert loaded.model.top_k_percent == 2.0
+        np.testing.assert_array_equal(score_arrays(loaded, images)["pred_score"],
+                                      score_arrays(model, images)["pred_score"])
+    finally:
+        model.model.top_k_percent = None
+    assert load_artifact(folder).model.top_k_percent is None
+
+
 def test_only_the_triangle_of_the_whitening_factor_is_stored(fitted: tuple) -> None:
     from safetensors import safe_open
 

@@ -145,6 +145,24 @@ def test_non_finite_features_name_the_batch() -> None:
         model.fit([torch.randn(2, 3, 64, 64), bad])
 
 
+def test_top_k_image_score_is_the_mean_of_the_highest_map_pixels(fitted: StreamingPadimModel) -> None:
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    result = fitted(images)
+    pixels = np.sort(result.anomaly_map.flatten(1).double().numpy(), axis=1)[:, ::-1]
+    np.testing.assert_allclose(result.pred_score.flatten().numpy(), pixels[:, 0], rtol=1e-6)  # the paper
+    fitted.top_k_percent = 1.0
+    try:
+        top = fitted(images).pred_score.flatten().numpy()
+    finally:
+        fitted.top_k_percent = None
+    k = int(np.ceil(64 * 64 * 0.01))  # 41 pixels
+    np.testing.assert_allclose(top, pixels[:, :k].mean(axis=1), rtol=1e-5)
+    assert (top < pixels[:, 0]).all()
+    for bad in (0, -1, 101):
+        with pytest.raises(ValueError, match=r"top_k_percent must be in \(0, 100\]"):
+            StreamingPadimModel(weights=None, top_k_percent=bad)
+
+
 def test_state_dict_round_trip_gives_the_same_scores(fitted: StreamingPadimModel) -> None:
     restored = StreamingPadimModel(n_features=20, seed=99)  # another subset: the saved one wins
     restored.load_state_dict(fitted.state_dict())
