@@ -36,6 +36,8 @@ class ModelParams(_Strict):
     seed: int = 0
     epsilon: float = Field(0.01, gt=0)
     top_k_percent: float | None = Field(None, gt=0, le=100)  # image score; None: the map's maximum
+    pooling: Literal["per_position", "neighbourhood", "shared"] = "per_position"
+    pooling_window: int = Field(3, ge=3)
 
 
 class SplitParams(_Strict):

@@ -31,6 +31,8 @@ def build_model(params: LineParams) -> StreamingPadim:
         seed=model.seed,
         epsilon=model.epsilon,
         top_k_percent=model.top_k_percent,
+        pooling=model.pooling,
+        pooling_window=model.pooling_window,
         pre_processor=StreamingPadim.configure_pre_processor((size, size)),
         evaluator=False,  # flows.evaluate computes the metrics, on raw and thresholded outputs
         visualizer=False,

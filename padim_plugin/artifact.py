@@ -68,6 +68,8 @@ def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
         "n_features": core.n_features,
         "epsilon": core.epsilon,
         "top_k_percent": core.top_k_percent,
+        "pooling": core.pooling,  # already applied to mean and whitening; kept as provenance
+        "pooling_window": core.pooling_window,
         "image_size": image_size,
         "dtype": dtype,
         "normalisation": {"mean": list(_normalize(model).mean), "std": list(_normalize(model).std)},
@@ -107,6 +109,8 @@ def load_artifact(folder: Path) -> StreamingPadim:
             weights=None,  # the backbone's weights come from the artifact, just below
             epsilon=manifest["epsilon"],
             top_k_percent=manifest.get("top_k_percent"),  # absent before it existed: the maximum
+            pooling=manifest.get("pooling", "per_position"),
+            pooling_window=manifest.get("pooling_window", 3),
             pre_processor=PreProcessor(transform=Compose([
                 Resize((size, size), antialias=True),
                 Normalize(mean=manifest["normalisation"]["mean"], std=manifest["normalisation"]["std"]),

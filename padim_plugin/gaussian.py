@@ -17,6 +17,8 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from .pooling import pool_statistics
+
 # Batched work over patch positions goes in chunks of this many positions: the temporaries then
 # stay small enough to be reused by the allocator instead of being mapped afresh every batch.
 POSITION_CHUNK = 256
@@ -53,7 +55,8 @@ class StreamingGaussian(nn.Module):
     """Owns the running statistics of one Gaussian per patch position.
 
     Buffers (float64): ``count``; ``shift`` (P, C); ``shifted_sum`` and ``shifted_scatter``, the
-    sums of ``x - shift`` and of its outer products. They take their shape from the first batch,
+    sums of ``x - shift`` and of its outer products; and ``grid`` (int64), the spatial shape of the
+    P positions, which pooling over neighbours needs. They take their shape from the first batch,
     or from a loaded state dict.
     """
 
@@ -66,7 +69,9 @@ class StreamingGaussian(nn.Module):
         self.register_buffer("shift", torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("shifted_sum", torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("shifted_scatter", torch.zeros(0, 0, 0, dtype=torch.float64))
+        self.register_buffer("grid", torch.zeros(0, dtype=torch.int64))
         self.count: torch.Tensor
+        self.grid: torch.Tensor
         self.shift: torch.Tensor
         self.shifted_sum: torch.Tensor
         self.shifted_scatter: torch.Tensor
@@ -88,6 +93,7 @@ class StreamingGaussian(nn.Module):
         self.shift = self.shift.new_zeros(0, 0)
         self.shifted_sum = self.shifted_sum.new_zeros(0, 0)
         self.shifted_scatter = self.shifted_scatter.new_zeros(0, 0, 0)
+        self.grid = self.grid.new_zeros(0)
         self._pending, self._pending_batches = None, 0
 
     def update(self, embedding: torch.Tensor, batch_name: str = "batch") -> None:
@@ -105,6 +111,7 @@ class StreamingGaussian(nn.Module):
         n_positions, n_batch, n_channels = batch.shape
         if self.n_samples == 0:
             self._allocate(batch)
+            self.grid = torch.tensor(embedding.shape[2:], dtype=torch.int64, device=self.grid.device)
         elif self.shape != (n_positions, n_channels):
             msg = (
                 f"{batch_name}: embedding has {n_positions} positions x {n_channels} channels, but"
@@ -178,6 +185,7 @@ class StreamingGaussian(nn.Module):
             return self
         if self.n_samples == 0:
             self._set_centered(*other.centered())
+            self.grid = other.grid.clone()
             return self
         if self.shape != other.shape:
             raise ValueError(f"cannot merge statistics of shape {other.shape} into {self.shape}")
@@ -192,12 +200,14 @@ class StreamingGaussian(nn.Module):
         """
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
-        shapes: list[tuple[int, int] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(shapes, self.shape if self.n_samples else None)
-        shape = next((s for s in shapes if s is not None), None)
-        if shape is None:
+        shapes: list[tuple[tuple[int, int], list[int]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(shapes, (self.shape, self.grid.tolist()) if self.n_samples else None)
+        found = next((s for s in shapes if s is not None), None)
+        if found is None:
             return
+        shape, grid = found
         if self.n_samples == 0:  # a rank that saw no data still joins the collectives
+            self.grid = torch.tensor(grid, dtype=torch.int64, device=self.grid.device)
             count = self.count.clone()
             mean = self.shift.new_zeros(shape)
             scatter = self.shift.new_zeros(*shape, shape[-1])
@@ -215,12 +225,7 @@ class StreamingGaussian(nn.Module):
     def covariance(self, epsilon: float = 0.01, positions: slice = slice(None)) -> torch.Tensor:
         """Unbiased covariance (float64) plus ``epsilon * I`` (the PaDiM regulariser), for all
         positions or a slice of them."""
-        if self.n_samples < 2:
-            msg = (
-                f"a Gaussian needs at least 2 training images, got {self.n_samples}; "
-                "add normal images to the training set"
-            )
-            raise ValueError(msg)
+        self._require_two_samples()
         self.flush()
         count = self.count.item()
         offset = self.shifted_sum[positions] / count
@@ -230,36 +235,67 @@ class StreamingGaussian(nn.Module):
         covariance.div_(count - 1).diagonal(dim1=-2, dim2=-1).add_(epsilon)
         return covariance
 
-    def mean(self) -> torch.Tensor:
+    def _require_two_samples(self) -> None:
+        if self.n_samples < 2:
+            msg = (
+                f"a Gaussian needs at least 2 training images, got {self.n_samples}; "
+                "add normal images to the training set"
+            )
+            raise ValueError(msg)
+
+    def mean(self, pooling: str = "per_position", window: int = 3) -> torch.Tensor:
+        if pooling != "per_position":
+            return self.pooled(pooling, window)[1]
         self.flush()
         return self.shift + self.shifted_sum / self.count
 
-    def whitening(
-        self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32, chunk: int = 512
-    ) -> torch.Tensor:
+    def whitening(self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32, chunk: int = 512,
+                  pooling: str = "per_position", window: int = 3) -> torch.Tensor:
         """``W = (L^-1)^T`` per position (L the Cholesky factor), so d^2(x) = ||(x - mean) @ W||^2.
 
         Found by a triangular solve against the Cholesky factor rather than by inverting the
         covariance: the factor's condition number is the square root of the covariance's.
         Transposed so that scoring row vectors is one batched matmul over contiguous memory.
         Computed in float64, ``chunk`` positions at a time, so the temporaries stay small.
+        ``pooling`` (padim_plugin.pooling): each position's Gaussian pooled over a ``window`` x
+        ``window`` neighbourhood, or one Gaussian for all (then the result has one position).
         """
-        n_positions, n_channels = self.shape
+        if pooling == "per_position":
+            n_positions = self.shape[0]
+            covariance_of = lambda part: self.covariance(epsilon, part)  # noqa: E731
+        else:
+            self._require_two_samples()
+            counts, _, scatter = self.pooled(pooling, window)
+            n_positions = counts.shape[0]
+
+            def covariance_of(part: slice) -> torch.Tensor:
+                covariance = scatter[part] / (counts[part] - 1)[:, None, None]
+                covariance.diagonal(dim1=-2, dim2=-1).add_(epsilon)
+                return covariance
+
+        n_channels = self.shape[1]
         device = self.shifted_scatter.device
         identity = torch.eye(n_channels, dtype=torch.float64, device=device)
         result = torch.empty(n_positions, n_channels, n_channels, dtype=dtype, device=device)
         for start in range(0, n_positions, chunk):
-            factor = torch.linalg.cholesky(self.covariance(epsilon, slice(start, start + chunk)))
+            factor = torch.linalg.cholesky(covariance_of(slice(start, start + chunk)))
             inverse = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
             result[start : start + chunk] = inverse.transpose(1, 2)
         return result
+
+    def pooled(self, pooling: str, window: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(counts, means, scatters)`` pooled over neighbouring positions or all of them."""
+        grid = tuple(self.grid.tolist())
+        if len(grid) != 2:
+            raise ValueError(f"pooling needs statistics on a 2-D grid of positions, got grid {grid}")
+        return pool_statistics(*self.centered(), grid, pooling, window)
 
     def _save_to_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         self.flush()
         super()._save_to_state_dict(*args, **kwargs)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        adopt_saved_shapes(self, state_dict, prefix, ("shift", "shifted_sum", "shifted_scatter"))
+        adopt_saved_shapes(self, state_dict, prefix, ("shift", "shifted_sum", "shifted_scatter", "grid"))
         self._pending, self._pending_batches = None, 0
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -45,6 +45,8 @@ class StreamingPadim(AnomalibModule):
         seed: seed of the channel subset.
         epsilon: added to each covariance's diagonal.
         top_k_percent: image score = mean of the map's top k% pixels; None = the map's maximum.
+        pooling: "per_position" (the paper), "neighbourhood" (each position's Gaussian fitted to a
+            ``pooling_window`` x ``pooling_window`` window of positions) or "shared" (one for all).
     """
 
     def __init__(
@@ -56,6 +58,8 @@ class StreamingPadim(AnomalibModule):
         seed: int = 0,
         epsilon: float = 0.01,
         top_k_percent: float | None = None,
+        pooling: str = "per_position",
+        pooling_window: int = 3,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -75,6 +79,8 @@ class StreamingPadim(AnomalibModule):
             seed=seed,
             epsilon=epsilon,
             top_k_percent=top_k_percent,
+            pooling=pooling,
+            pooling_window=pooling_window,
         )
         self._samples_left: int | None = None
 

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from .anomaly_map import AnomalyMapGenerator, image_score
 from .backbones import create_feature_extractor, default_layers
 from .gaussian import NotFittedError, StreamingGaussian, adopt_saved_shapes, mahalanobis
+from .pooling import check_pooling
 
 
 def random_channel_subset(n_total: int, n_features: int, seed: int) -> torch.Tensor:
@@ -63,8 +64,12 @@ class StreamingPadimModel(nn.Module):
         epsilon: float = 0.01,
         sigma: float = 4.0,
         top_k_percent: float | None = None,
+        pooling: str = "per_position",
+        pooling_window: int = 3,
     ) -> None:
         super().__init__()
+        check_pooling(pooling, pooling_window)
+        self.pooling, self.pooling_window = pooling, pooling_window
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
         if top_k_percent is not None and not 0 < top_k_percent <= 100:
@@ -159,8 +164,13 @@ class StreamingPadimModel(nn.Module):
         """Turn the statistics into the float32 mean and whitening factor used for scoring."""
         if self.gaussian.n_samples == 0:
             raise ValueError("no training images were seen: the training set is empty")
-        self.whitening = self.gaussian.whitening(self.epsilon, dtype=torch.float32)
-        self.mean = self.gaussian.mean().float()
+        whitening = self.gaussian.whitening(self.epsilon, torch.float32, pooling=self.pooling,
+                                            window=self.pooling_window)
+        mean = self.gaussian.mean(self.pooling, self.pooling_window).float()
+        n_positions, n_channels = self.gaussian.shape
+        # one shared Gaussian is scored at every position like the per-position ones
+        self.whitening = whitening.expand(n_positions, n_channels, n_channels).contiguous()
+        self.mean = mean.expand(n_positions, n_channels).contiguous()
 
     def fit(self, batches: Iterable[torch.Tensor]) -> StreamingPadimModel:
         """Fit on an iterable of image batches from scratch (the pure-torch path); returns self."""

@@ -127,9 +127,9 @@ def _all_reduce_worker(rank: int, world: int, port: int, shards: list[torch.Tens
         if shards[rank].shape[0]:  # rank 2 has no data at all and must still join
             gaussian.update(shards[rank])
         gaussian.all_reduce()
-        if rank == 0:
+        if rank == 2:  # the rank without data learns the statistics and their grid from the others
             torch.save({"count": gaussian.n_samples, "mean": gaussian.mean(),
-                        "covariance": gaussian.covariance()}, out)
+                        "covariance": gaussian.covariance(), "pooled": gaussian.pooled("neighbourhood")}, out)
     finally:
         dist.destroy_process_group()
 
@@ -149,3 +149,6 @@ def test_all_reduce_across_processes_equals_single_fit(tmp_path) -> None:  # noq
     assert reduced["count"] == 13
     assert_close(reduced["mean"], mean, rtol=1e-10)
     assert_close(reduced["covariance"], covariance + 0.01 * np.eye(4), rtol=1e-10)
+    single = stream(embeddings, 13).pooled("neighbourhood")
+    for actual, expected in zip(reduced["pooled"], single, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-8)
