@@ -206,7 +206,7 @@ def _export(args: argparse.Namespace) -> None:
     size = tuple(args.input_size) if args.input_size else None
     report = export_line(Registry(args.root), args.line, args.export_format, args.out, args.alias, size)
     errors = ", ".join(f"{name} {error:.1e}" for name, error in report.errors.items())
-    print(f"wrote {report.model} and {report.manifest.name} (relative error vs torch: {errors})")
+    print(f"wrote {report.model} and {report.manifest.name} (raw outputs against torch: {errors})")
 
 
 def _promote(args: argparse.Namespace) -> None:
