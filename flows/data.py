@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from .folders import swapped_in
 from .validation import check_line_name, describe, validate_line
 
 SNAPSHOTS = Path(".padim") / "data"
@@ -83,22 +84,8 @@ class DataStore:
         validate_line(staged, min_train_images, min_validation_images)
         target = self.line_dir(line)
         target.parent.mkdir(exist_ok=True)
-        backup = target.with_name(f".{line}.previous")
-        if backup.exists():
-            shutil.rmtree(backup)
-        if target.exists():
-            target.rename(backup)
-        try:
-            shutil.move(str(staged), target)
+        with swapped_in(staged, target):
             self._dvc("add", [str(target)])
-        except BaseException:
-            if target.exists():
-                shutil.rmtree(target)
-            if backup.exists():
-                backup.rename(target)
-            raise
-        if backup.exists():
-            shutil.rmtree(backup)
         self._dvc("push", [str(self.pointer(line))])
         if commit:
             self._commit(line, also_commit)

@@ -12,7 +12,6 @@ measured agreement. Nothing is written to the registry.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 from padim_plugin.artifact import file_sha256, package_versions
 from padim_plugin.exported import FORMATS, export_model, image_size, raw_errors
 from padim_plugin.runtime import ExportedModel
+
+from .folders import swapped_in
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -95,7 +96,8 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
                                          "openvino"),
         }
         (path.parent / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_folder(path.parent, target)
+        with swapped_in(path.parent, target):
+            pass
     return ExportReport(target / path.name, target / MANIFEST, errors)
 
 
@@ -107,24 +109,6 @@ def disagreement(raw_errors: dict[str, float], labels_agree: bool) -> str | None
     if not labels_agree:
         return "labels the probe images otherwise than the model"
     return None
-
-
-def replace_folder(folder: Path, target: Path) -> None:
-    """Move ``folder`` to ``target`` (same file system), replacing an earlier export only once the
-    new one is there: a failure leaves the earlier export where it was."""
-    previous = target.with_name(f".{target.name}.previous")
-    if previous.exists():
-        shutil.rmtree(previous)
-    if target.exists():
-        target.rename(previous)
-    try:
-        folder.rename(target)
-    except OSError:
-        if previous.exists():
-            previous.rename(target)
-        raise
-    if previous.exists():
-        shutil.rmtree(previous)
 
 
 def probe_images(size: tuple[int, int], count: int = 2, seed: int = 0) -> np.ndarray:

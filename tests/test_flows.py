@@ -277,13 +277,14 @@ def test_an_export_that_disagrees_with_its_model_is_not_written_and_the_earlier_
 
 
 def test_replace_folder_swaps_a_whole_export_in(tmp_path: Path) -> None:
-    from flows.export import replace_folder
+    from flows.folders import swapped_in
 
     target, new = tmp_path / "export", tmp_path / "scratch" / "new"
     for folder, content in ((target, "old"), (new, "new")):
         folder.mkdir(parents=True)
         (folder / "model.xml").write_text(content)
-    replace_folder(new, target)
+    with swapped_in(new, target):
+        pass
     assert (target / "model.xml").read_text() == "new" and not new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "scratch"]  # no backup left
 
