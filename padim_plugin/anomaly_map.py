@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .alignment import linear_from_centres
+
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     """Normalised 1-D Gaussian, truncated at 4 sigma (the kernel size anomalib and scipy use)."""
@@ -34,21 +36,31 @@ class AnomalyMapGenerator(nn.Module):
         self.radius = (kernel.numel() - 1) // 2
         self.register_buffer("kernel", kernel.view(1, 1, -1), persistent=False)
 
-    def axis_operator(self, n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
-        """(n_out, n_in) matrix: linear upsampling (align_corners=False), then the 1-D blur."""
+    def axis_operator(self, n_in: int, n_out: int, like: torch.Tensor,
+                      cell_offset: float | None = None) -> torch.Tensor:
+        """(n_out, n_in) matrix: linear upsampling, then the 1-D blur. The cells are centred as
+        ``F.interpolate(align_corners=False)`` places them (the paper's map), or, for aligned maps,
+        on pixels i * stride + ``cell_offset`` (padim_plugin.alignment)."""
         if n_out <= self.radius:
             msg = f"image side {n_out} is too small for a blur of radius {self.radius} pixels"
             raise ValueError(msg)
-        identity = torch.eye(n_in, dtype=like.dtype, device=like.device).unsqueeze(1)
-        upsampled = F.interpolate(identity, size=n_out, mode="linear", align_corners=False)
+        if cell_offset is None:
+            identity = torch.eye(n_in, dtype=like.dtype, device=like.device).unsqueeze(1)
+            upsampled = F.interpolate(identity, size=n_out, mode="linear", align_corners=False)
+        else:
+            operator = linear_from_centres(n_in, n_out, cell_offset, like.dtype).to(like.device)
+            upsampled = operator.transpose(0, 1).unsqueeze(1)
         padded = F.pad(upsampled, (self.radius, self.radius), mode="reflect")
         return F.conv1d(padded, self.kernel.to(like.dtype)).squeeze(1).transpose(0, 1)
 
-    def forward(self, distance: torch.Tensor, image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
-        """distance (B, 1, h, w) -> anomaly map (B, 1, H, W) with (H, W) = image_size."""
+    def forward(self, distance: torch.Tensor, image_size: tuple[int, int] | torch.Size,
+                cell_offsets: tuple[float, float] | None = None) -> torch.Tensor:
+        """distance (B, 1, h, w) -> anomaly map (B, 1, H, W) with (H, W) = image_size; the cells
+        centred as the paper has them, or on (i * stride + row offset, j * stride + column offset)."""
         height, width = int(image_size[0]), int(image_size[1])
-        rows = self.axis_operator(distance.shape[-2], height, distance)
-        columns = self.axis_operator(distance.shape[-1], width, distance)
+        row_offset, column_offset = (None, None) if cell_offsets is None else cell_offsets
+        rows = self.axis_operator(distance.shape[-2], height, distance, row_offset)
+        columns = self.axis_operator(distance.shape[-1], width, distance, column_offset)
         return rows @ distance @ columns.transpose(0, 1)
 
 
