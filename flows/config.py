@@ -38,6 +38,8 @@ class ModelParams(_Strict):
     top_k_percent: float | None = Field(None, gt=0, le=100)  # image score; None: the map's maximum
     pooling: Literal["per_position", "neighbourhood", "shared"] = "per_position"
     pooling_window: int = Field(3, ge=3)
+    align_maps: bool = False
+    channel_reduction: Literal["random_subset", "projection"] = "random_subset"
 
 
 class SplitParams(_Strict):
@@ -166,6 +168,33 @@ def register_line(path: str | Path, name: str) -> bool:
     with path.open("w") as stream:
         round_trip.dump(document, stream)
     return True
+
+
+def set_line_model_options(path: str | Path, name: str, options: dict[str, Any]) -> None:
+    """Write ``options`` into ``lines.<name>.model`` of params.yaml, keeping its comments and every
+    other key; the result must still load (checked before the file is replaced)."""
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    round_trip = YAML()
+    document = round_trip.load(path.read_text())
+    lines = document.get("lines")
+    if not lines or name not in lines:
+        raise KeyError(f"product line {name!r} is not in {path}")
+    if lines[name] is None:
+        lines[name] = {}
+    if lines[name].get("model") is None:
+        lines[name]["model"] = {}
+    lines[name]["model"].update(options)
+    staged = path.with_name(f".{path.name}.new")
+    with staged.open("w") as stream:
+        round_trip.dump(document, stream)
+    try:
+        load_params(staged).line(name)
+    except (ValueError, KeyError):
+        staged.unlink()
+        raise
+    staged.replace(path)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,8 @@ def build_model(params: LineParams) -> StreamingPadim:
         top_k_percent=model.top_k_percent,
         pooling=model.pooling,
         pooling_window=model.pooling_window,
+        align_maps=model.align_maps,
+        channel_reduction=model.channel_reduction,
         pre_processor=StreamingPadim.configure_pre_processor((size, size)),
         evaluator=False,  # flows.evaluate computes the metrics, on raw and thresholded outputs
         visualizer=False,
@@ -62,6 +64,18 @@ def engine(work_dir: Path):  # noqa: ANN201  # anomalib.engine.Engine, imported 
     return Engine(accelerator="auto", devices=1, default_root_dir=work_dir, barebones=True)
 
 
+def fit_statistics(params: LineParams, data_path: Path, work_dir: Path) -> StreamingPadim:
+    """Stream the train role into a new model: finalized, and still holding its statistics (so
+    that another pooling can finalize them anew)."""
+    model = build_model(params)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = build_datamodule(params, data_path)
+    datamodule.setup()
+    engine(work_dir).fit(model=model, train_dataloaders=datamodule.train_dataloader())
+    logger.info("%s: fitted on %d images", params.name, model.model.gaussian.n_samples)
+    return model
+
+
 def fit_line(params: LineParams, data_path: Path, work_dir: Path) -> tuple[StreamingPadim, Calibration]:
     """Fit on the train role, then set threshold and normalisation from the validation role only
     (callers validate the data first). The test role is never read here.
@@ -71,12 +85,7 @@ def fit_line(params: LineParams, data_path: Path, work_dir: Path) -> tuple[Strea
     """
     from .predictions import predict_role
 
-    model = build_model(params)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(params, data_path)
-    datamodule.setup()
-    engine(work_dir).fit(model=model, train_dataloaders=datamodule.train_dataloader())
-    logger.info("%s: fitted on %d images", params.name, model.model.gaussian.n_samples)
+    model = fit_statistics(params, data_path, work_dir)
     model.model.gaussian.reset()
     validation = predict_role(model, params, data_path, "validation", work_dir)
     calibration = calibrate(validation.labels, validation.scores, validation.pixel_labels,

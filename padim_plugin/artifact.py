@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .lightning_model import StreamingPadim
+from .torch_model import StreamingPadimModel
 
 MANIFEST, TENSORS = "manifest.json", "tensors.safetensors"
 FORMAT, FORMAT_VERSION = "padim-plugin/streaming-padim", 1
@@ -55,6 +56,10 @@ def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
         "mean": core.mean,
         "whitening_packed": core.whitening[:, rows, columns],
     }
+    if core.channel_reduction == "projection":
+        tensors["projection"] = core.projection
+    if core.align_maps:
+        tensors["cell_offsets"] = core.measured_cell_offsets()
     tensors = {name: value.to(STORAGE_DTYPES[dtype]) if value.is_floating_point() else value
                for name, value in tensors.items()}
     post = model.post_processor
@@ -70,6 +75,8 @@ def save_artifact(model: StreamingPadim, folder: Path, image_size: int,
         "top_k_percent": core.top_k_percent,
         "pooling": core.pooling,  # already applied to mean and whitening; kept as provenance
         "pooling_window": core.pooling_window,
+        "channel_reduction": core.channel_reduction,
+        "align_maps": core.align_maps,
         "image_size": image_size,
         "dtype": dtype,
         "normalisation": {"mean": list(_normalize(model).mean), "std": list(_normalize(model).std)},
@@ -111,6 +118,8 @@ def load_artifact(folder: Path) -> StreamingPadim:
             top_k_percent=manifest.get("top_k_percent"),  # absent before it existed: the maximum
             pooling=manifest.get("pooling", "per_position"),
             pooling_window=manifest.get("pooling_window", 3),
+            channel_reduction=manifest.get("channel_reduction", "random_subset"),
+            align_maps=manifest.get("align_maps", False),
             pre_processor=PreProcessor(transform=Compose([
                 Resize((size, size), antialias=True),
                 Normalize(mean=manifest["normalisation"]["mean"], std=manifest["normalisation"]["std"]),
@@ -126,24 +135,38 @@ def load_artifact(folder: Path) -> StreamingPadim:
         core.feature_extractor.load_state_dict(
             {name.removeprefix("backbone."): value for name, value in tensors.items()
              if name.startswith("backbone.")}, strict=True)
-        index = tensors["channel_index"]
-        n_total = sum(core.layer_channels)
-        if (index.dtype not in (torch.int32, torch.int64) or index.numel() != manifest["n_features"]
-                or index.unique().numel() != index.numel() or index.min() < 0 or index.max() >= n_total):
-            raise ArtifactError(f"{tensors_path}: channel_index is not {manifest['n_features']} distinct"
-                                f" channels of 0..{n_total - 1}")
-        n_features = index.numel()
+        reduction = _checked_reduction(core, tensors, tensors_path)
+        n_features = core.n_features
         packed = tensors["whitening_packed"]
         whitening = packed.new_zeros(packed.shape[0], n_features, n_features)
         rows, columns = torch.triu_indices(n_features, n_features)
         whitening[:, rows, columns] = packed
-        core.load_state_dict({"channel_index": tensors["channel_index"], "mean": tensors["mean"],
-                              "whitening": whitening}, strict=False)
+        geometry = {"cell_offsets": tensors["cell_offsets"]} if core.align_maps else {}
+        core.load_state_dict(reduction | geometry | {"mean": tensors["mean"], "whitening": whitening},
+                             strict=False)
         for name in POST_PROCESSOR_BUFFERS:
             getattr(model.post_processor, name).copy_(tensors[f"post_processor.{name}"])
     except (KeyError, RuntimeError) as error:
         raise ArtifactError(f"{tensors_path}: tensors do not fit the manifest's model ({error})") from None
     return model.eval()
+
+
+def _checked_reduction(core: StreamingPadimModel, tensors: dict[str, torch.Tensor],
+                       tensors_path: Path) -> dict[str, torch.Tensor]:
+    """The channel subset or projection the artifact holds, once checked against the model."""
+    n_total, n_features = sum(core.layer_channels), core.n_features
+    if core.channel_reduction == "projection":
+        projection = tensors["projection"]
+        if projection.shape != (n_total, n_features):
+            raise ArtifactError(f"{tensors_path}: projection has shape {tuple(projection.shape)}, not"
+                                f" ({n_total}, {n_features})")
+        return {"projection": projection}
+    index = tensors["channel_index"]
+    if (index.dtype not in (torch.int32, torch.int64) or index.numel() != n_features
+            or index.unique().numel() != index.numel() or index.min() < 0 or index.max() >= n_total):
+        raise ArtifactError(f"{tensors_path}: channel_index is not {n_features} distinct"
+                            f" channels of 0..{n_total - 1}")
+    return {"channel_index": index}
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

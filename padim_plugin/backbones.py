@@ -22,6 +22,12 @@ DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
     "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
 }
 RESNET_LAYERS = ("layer1", "layer2", "layer3")
+# one stage deeper each (strides 8, 16, 32): coarser cells that see more context, an option to tune
+DEEPER_LAYERS: dict[str, tuple[str, ...]] = {
+    "efficientnet_lite0": ("blocks.2", "blocks.4", "blocks.6"),
+    "resnet18": ("layer2", "layer3", "layer4"),
+    "wide_resnet50_2": ("layer2", "layer3", "layer4"),
+}
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -47,6 +47,10 @@ class StreamingPadim(AnomalibModule):
         top_k_percent: image score = mean of the map's top k% pixels; None = the map's maximum.
         pooling: "per_position" (the paper), "neighbourhood" (each position's Gaussian fitted to a
             ``pooling_window`` x ``pooling_window`` window of positions) or "shared" (one for all).
+        align_maps: place each layer's cells and the map where the backbone's features look
+            (padim_plugin.alignment), instead of about 11 px up and left of the defects.
+        channel_reduction: "random_subset" (the paper) or "projection" (a seeded semi-orthogonal
+            projection of all channels onto ``n_features``).
     """
 
     def __init__(
@@ -60,6 +64,8 @@ class StreamingPadim(AnomalibModule):
         top_k_percent: float | None = None,
         pooling: str = "per_position",
         pooling_window: int = 3,
+        align_maps: bool = False,
+        channel_reduction: str = "random_subset",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -81,6 +87,8 @@ class StreamingPadim(AnomalibModule):
             top_k_percent=top_k_percent,
             pooling=pooling,
             pooling_window=pooling_window,
+            align_maps=align_maps,
+            channel_reduction=channel_reduction,
         )
         self._samples_left: int | None = None
 

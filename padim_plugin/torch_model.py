@@ -17,10 +17,14 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F
 
+from .alignment import cell_offsets, nearest_cells
 from .anomaly_map import AnomalyMapGenerator, image_score
 from .backbones import create_feature_extractor, default_layers
 from .gaussian import NotFittedError, StreamingGaussian, adopt_saved_shapes, mahalanobis
 from .pooling import check_pooling
+
+# how the embedding's channels are chosen: the paper's seeded subset, or a seeded projection of all
+CHANNEL_REDUCTIONS = ("random_subset", "projection")
 
 
 def random_channel_subset(n_total: int, n_features: int, seed: int) -> torch.Tensor:
@@ -31,6 +35,16 @@ def random_channel_subset(n_total: int, n_features: int, seed: int) -> torch.Ten
     """
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=generator)[:n_features].sort().values
+
+
+def semi_orthogonal_projection(n_total: int, n_features: int, seed: int) -> torch.Tensor:
+    """(n_total, n_features) seeded matrix with orthonormal columns (Kim et al. 2021, "Semi-orthogonal
+    embedding for efficient unsupervised anomaly segmentation"): every channel contributes, and the
+    projection keeps distances better than dropping channels does."""
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(n_total, n_features, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    return (q * r.diagonal().sign()).float()  # signs fixed: the same matrix wherever QR runs
 
 
 def as_three_channels(images: torch.Tensor) -> torch.Tensor:
@@ -66,9 +80,14 @@ class StreamingPadimModel(nn.Module):
         top_k_percent: float | None = None,
         pooling: str = "per_position",
         pooling_window: int = 3,
+        align_maps: bool = False,
+        channel_reduction: str = "random_subset",
     ) -> None:
         super().__init__()
         check_pooling(pooling, pooling_window)
+        if channel_reduction not in CHANNEL_REDUCTIONS:
+            raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}")
+        self.channel_reduction = channel_reduction
         self.pooling, self.pooling_window = pooling, pooling_window
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
@@ -86,9 +105,19 @@ class StreamingPadimModel(nn.Module):
         if not 0 < n_features <= n_total:
             msg = f"n_features must be in 1..{n_total} for {backbone} {self.layers}, got {n_features}"
             raise ValueError(msg)
-        self.register_buffer("channel_index", random_channel_subset(n_total, n_features, seed))
+        projecting = channel_reduction == "projection"
+        self.register_buffer("channel_index", torch.empty(0, dtype=torch.long) if projecting
+                             else random_channel_subset(n_total, n_features, seed))
+        self.register_buffer("projection", semi_orthogonal_projection(n_total, n_features, seed)
+                             if projecting else torch.empty(0, 0))
         self.channel_index: torch.Tensor
+        self.projection: torch.Tensor
         self._split_channel_index()
+        self.align_maps = align_maps
+        self.strides: list[int] = list(self.feature_extractor.feature_info.reduction())
+        # measured on first use (padim_plugin.alignment), then saved with the model
+        self.register_buffer("cell_offsets", torch.empty(0, 2))
+        self.cell_offsets: torch.Tensor
         self.gaussian = StreamingGaussian()
         self.register_buffer("mean", torch.empty(0, 0))
         self.register_buffer("whitening", torch.empty(0, 0, 0))
@@ -104,7 +133,7 @@ class StreamingPadimModel(nn.Module):
 
     @property
     def n_features(self) -> int:
-        return self.channel_index.numel()
+        return self.projection.shape[1] if self.channel_reduction == "projection" else self.channel_index.numel()
 
     @property
     def is_fitted(self) -> bool:
@@ -119,13 +148,25 @@ class StreamingPadimModel(nn.Module):
             self._layer_index.append([i - start for i in index if start <= i < start + channels])
             start += channels
 
+    def measured_cell_offsets(self) -> torch.Tensor | None:
+        """(layers, 2) centres of each layer's cells for aligned maps (measured once, on first use,
+        from this model's backbone); None for the paper's geometry."""
+        if not self.align_maps:
+            return None
+        if self.cell_offsets.numel() == 0:
+            self.cell_offsets = cell_offsets(self.feature_extractor, self.strides).to(self.cell_offsets.device)
+        return self.cell_offsets
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings (B, n_features, h, w) at the resolution of the first layer.
 
-        Channels are selected per layer before the deeper maps are upsampled (nearest), and each
-        layer is written once, straight into a positions-first (h, w, B, C) buffer: the layout the
-        Gaussian consumes, with no intermediate upsampled copies.
+        Each layer is reduced at its own resolution (its channels of the random subset, or its
+        rows of the projection), then placed once, straight into a positions-first (h, w, B, C)
+        buffer: the layout the Gaussian consumes, with no intermediate upsampled copies. Placing
+        repeats each deeper cell over its block (the paper's nearest upsampling) or, for aligned
+        maps, takes for each cell the deeper cell whose centre is nearest.
         """
+        offsets = self.measured_cell_offsets()
         # channels-last input: oneDNN's convolutions run about 1.5x faster on the CPU (measured in
         # bench/runtimes.py), and the result is the same up to float rounding
         images = as_three_channels(images).contiguous(memory_format=torch.channels_last)
@@ -134,21 +175,50 @@ class StreamingPadimModel(nn.Module):
         height, width = features[0].shape[-2:]
         embedding = features[0].new_empty(height, width, images.shape[0], self.n_features)
         start = 0
-        for feature, index in zip(features, self._layer_index, strict=True):
-            if not index:
+        for layer, feature in enumerate(features):
+            reduced = self._reduce(feature, layer)  # (h_l, w_l, B, c)
+            if reduced is None:
                 continue
-            if len(index) < feature.shape[1]:
-                feature = feature[:, index]
-            stop = start + feature.shape[1]
-            h, w = feature.shape[-2:]
-            if height % h or width % w:  # no integer scale: interpolate first
-                feature = F.interpolate(feature, size=(height, width), mode="nearest")
-                h, w = height, width
-            target = embedding[..., start:stop].unflatten(0, (h, height // h))
-            target = target.unflatten(2, (w, width // w))
-            target.copy_(feature.permute(2, 3, 0, 1)[:, None, :, None].expand_as(target))
-            start = stop
+            if self.channel_reduction == "projection":  # every layer adds into all channels
+                target, add = embedding, layer > 0
+            else:  # each layer fills its own slice of channels
+                target, add, start = embedding[..., start : start + reduced.shape[-1]], False, start + reduced.shape[-1]
+            self._place(target, reduced, layer, offsets, add)
         return embedding.permute(2, 3, 0, 1)
+
+    def _reduce(self, feature: torch.Tensor, layer: int) -> torch.Tensor | None:
+        """(B, C_l, h_l, w_l) -> (h_l, w_l, B, c): the layer's channels of the subset (None when it
+        has none), or its part of the projection."""
+        positions_first = feature.permute(2, 3, 0, 1)
+        if self.channel_reduction == "projection":
+            first = sum(self.layer_channels[:layer])
+            return positions_first @ self.projection[first : first + feature.shape[1]]
+        index = self._layer_index[layer]
+        if not index:
+            return None
+        return positions_first[..., index] if len(index) < feature.shape[1] else positions_first
+
+    def _place(self, target: torch.Tensor, source: torch.Tensor, layer: int,
+               offsets: torch.Tensor | None, add: bool) -> None:
+        """target (h, w, B, c) <- source (h_l, w_l, B, c) upsampled: nearest, or aligned nearest."""
+        height, width = target.shape[:2]
+        h, w = source.shape[:2]
+        if offsets is not None:
+            rows, columns = (
+                torch.tensor(nearest_cells(n, self.strides[0], float(offsets[0, axis]), self.strides[layer],
+                                           float(offsets[layer, axis]), n_source), device=source.device)
+                for axis, (n, n_source) in enumerate(((height, h), (width, w))))
+            upsampled = source.index_select(0, rows).index_select(1, columns)
+        elif height % h or width % w:  # no integer scale: interpolate
+            upsampled = F.interpolate(source.permute(2, 3, 0, 1), size=(height, width), mode="nearest")
+            upsampled = upsampled.permute(2, 3, 0, 1)
+        else:  # a view of each cell repeated over its block
+            target = target.unflatten(0, (h, height // h)).unflatten(2, (w, width // w))
+            upsampled = source[:, None, :, None].expand_as(target)
+        if add:
+            target.add_(upsampled)
+        else:
+            target.copy_(upsampled)
 
     def accumulate(self, images: torch.Tensor, batch_name: str = "batch") -> None:
         """Fold a batch of normal images into the statistics (any mode)."""
@@ -181,7 +251,7 @@ class StreamingPadimModel(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        adopt_saved_shapes(self, state_dict, prefix, ("mean", "whitening"))
+        adopt_saved_shapes(self, state_dict, prefix, ("mean", "whitening", "cell_offsets"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._split_channel_index()  # the saved subset replaces the seeded one
 
@@ -200,6 +270,8 @@ class StreamingPadimModel(nn.Module):
             )
             raise ValueError(msg)
         distance = mahalanobis(embedding, self.mean, self.whitening).unsqueeze(1)
-        anomaly_map = self.anomaly_map(distance, images.shape[-2:])
+        offsets = self.measured_cell_offsets()
+        first_layer = None if offsets is None else (float(offsets[0, 0]), float(offsets[0, 1]))
+        anomaly_map = self.anomaly_map(distance, images.shape[-2:], first_layer)
         pred_score = image_score(anomaly_map, self.top_k_percent)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

@@ -1,9 +1,10 @@
 """Fit StreamingPadim with Lightning on N CPU processes (gloo) and save the fitted state.
 
 Run as a script (Lightning's DDP launcher re-runs it per rank):
-    python tests/ddp_fit.py DATA_DIR OUT_FILE DEVICES
+    python tests/ddp_fit.py DATA_DIR OUT_FILE DEVICES [MODEL_OPTIONS_JSON]
 """
 
+import json
 import sys
 
 import torch
@@ -14,9 +15,11 @@ from padim_plugin.datamodule import MVTecLayout
 
 if __name__ == "__main__":
     data_dir, out_file, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     datamodule = MVTecLayout(data_dir, train_batch_size=2, eval_batch_size=4)
     model = StreamingPadim(
         n_features=16,
+        **options,
         pre_processor=StreamingPadim.configure_pre_processor((64, 64)),
         evaluator=False,
         visualizer=False,

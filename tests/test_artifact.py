@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from flows.config import LineParams
@@ -17,6 +18,7 @@ from padim_plugin.artifact import MANIFEST, TENSORS, ArtifactError, load_artifac
 from padim_plugin.scoring import raw_image_threshold, score_arrays
 
 from .conftest import write_mvtec_folder
+from .test_export import OPTIONS
 
 PARAMS = LineParams(name="line", model={"n_features": 8},
                     data={"image_size": 64, "train_batch_size": 4, "eval_batch_size": 4})
@@ -61,6 +63,22 @@ def test_the_image_score_rule_travels_with_the_artifact(fitted: tuple, tmp_path:
     finally:
         model.model.top_k_percent = None
     assert load_artifact(folder).model.top_k_percent is None
+
+
+def test_accuracy_options_travel_with_the_artifact(tmp_path: Path) -> None:
+    """Projection, measured cell centres and pooling are restored from the artifact, not re-made."""
+    options = PARAMS.model_copy(update={"model": PARAMS.model.model_copy(update=OPTIONS)})
+    line = write_mvtec_folder(tmp_path / "line", 10, 3, 3, n_validation=3)
+    model, _ = fit_line(options, line, tmp_path / "work")
+    loaded = load_artifact(save_model(model, options, tmp_path / "model"))
+    core = loaded.model
+    assert (core.align_maps, core.channel_reduction, core.pooling) == (True, "projection", "neighbourhood")
+    assert torch.equal(core.projection, model.model.projection)
+    assert torch.equal(core.cell_offsets, model.model.cell_offsets)
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((line / "test").rglob("*.png"))])
+    expected, actual = score_arrays(model, images), score_arrays(loaded, images)
+    for key in ("pred_score", "pred_label", "anomaly_map"):
+        assert np.array_equal(expected[key], actual[key]), key
 
 
 def test_only_the_triangle_of_the_whitening_factor_is_stored(fitted: tuple) -> None:

@@ -29,21 +29,36 @@ PARAMS = LineParams(name="line", model={"n_features": 8},
 Fitted = tuple[StreamingPadim, np.ndarray]  # a calibrated model, its line's test images (N, 3, H, W) 0..1
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
-    """A calibrated model and its line's test images as an exported model takes them."""
-    base = tmp_path_factory.mktemp("export")
+OPTIONS = {"align_maps": True, "channel_reduction": "projection", "pooling": "neighbourhood"}
+
+
+def fit_tiny_line(base: Path, params: LineParams) -> Fitted:
     line = write_mvtec_folder(base / "line", 10, 3, 3, n_validation=3)
-    model, _ = fit_line(PARAMS, line, base / "work")
+    model, _ = fit_line(params, line, base / "work")
     files = sorted((line / "test").rglob("*.png"))
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
     return model.cpu().eval(), images.transpose(0, 3, 1, 2).astype(np.float32) / 255
 
 
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
+    """A calibrated model and its line's test images as an exported model takes them."""
+    return fit_tiny_line(tmp_path_factory.mktemp("export"), PARAMS)
+
+
+@pytest.fixture(scope="module")
+def fitted_with_options(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
+    """The same with aligned maps, a projection and pooled Gaussians."""
+    model = PARAMS.model.model_copy(update=OPTIONS)
+    return fit_tiny_line(tmp_path_factory.mktemp("export_options"), PARAMS.model_copy(update={"model": model}))
+
+
 @pytest.mark.parametrize("export_format", ["onnx", "openvino"])
-def test_exports_give_the_torch_models_raw_outputs_and_labels(fitted: Fitted,
-                                                              tmp_path: Path, export_format: str) -> None:
-    model, images = fitted
+@pytest.mark.parametrize("model_fixture", ["fitted", "fitted_with_options"])
+def test_exports_give_the_torch_models_raw_outputs_and_labels(model_fixture: str, tmp_path: Path,
+                                                              export_format: str,
+                                                              request: pytest.FixtureRequest) -> None:
+    model, images = request.getfixturevalue(model_fixture)
     errors = raw_errors(model, export_format, tmp_path / "raw", images)  # unclamped: nothing hidden
     assert errors["pred_score"] <= 1e-3 and errors["anomaly_map"] <= 1e-3, errors
     exported = ExportedModel(export_model(model, export_format, tmp_path / "export"))
