@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--parallel", type=int, default=2, help="lines at once, locally (default 2)")
     retrain.set_defaults(run=_retrain)
 
+    tune = commands.add_parser("tune", help="choose a line's accuracy options on its validation split",
+                               description="Scores a grid of options (channel reduction, aligned maps,"
+                               " pooling, image score) on the line's validation images, logs it to MLflow"
+                               " and writes the best into the line's params.yaml entry.")
+    tune.add_argument("line", help="product line name")
+    tune.add_argument("--rev", help="git revision of the data (default HEAD)")
+    tune.add_argument("--dry-run", action="store_true", help="score and log the grid; leave params.yaml alone")
+    tune.set_defaults(run=_tune)
+
     demo = commands.add_parser("demo", help="demo data + retrain all lines, on the embedded defaults")
     demo.set_defaults(run=_demo)
 
@@ -168,6 +177,16 @@ def _retrain(args: argparse.Namespace) -> int:
     results = run_retrain(args.lines or None, args.rev, str(args.root.resolve()), args.dask_address,
                           args.parallel)
     return 1 if any(result.error for result in results) else 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .tune import grid_table, tune_product_line
+
+    result = tune_product_line(args.line, args.rev, str(args.root.resolve()), write=not args.dry_run)
+    print(grid_table(result))
+    where = "written to params.yaml" if result.written else "not written (--dry-run)"
+    print(f"\n{result.line}: best on validation {result.winner}, {where}; MLflow run {result.run_id}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

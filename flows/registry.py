@@ -31,6 +31,7 @@ PACKAGES = ("padim-plugin", "anomalib", "torch", "torchvision", "timm", "lightni
 # what loading and scoring a model imports; padim-plugin itself is installed from this project
 SCORING_PACKAGES = ("anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+TUNING_TABLE = "tuning/grid.json"
 
 
 def tracking_uri(root: Path) -> str:
@@ -158,6 +159,20 @@ class Registry:
         version = mlflow.register_model(info.model_uri, model_name(line), tags=tags)
         self.client.set_registered_model_alias(model_name(line), CHALLENGER, version.version)
         return Candidate(str(version.version), run.info.run_id, decided=False)
+
+    def log_tuning(self, line: str, data: DataVersion, grid: list[dict[str, Any]], winner: dict[str, Any],
+                   scores: dict[str, float]) -> str:
+        """Log a tuning run to the line's experiment: the grid as a table, the winner's options as
+        params and its validation ``scores`` as metrics."""
+        import pandas as pd
+
+        with mlflow.start_run(experiment_id=self._experiment(line), run_name=f"{line}-tune-{data.md5[:8]}") as run:
+            mlflow.set_tags({f"{TAG}kind": "tuning", f"{TAG}data_md5": data.md5, f"{TAG}data_rev": data.rev or "",
+                             f"{TAG}git_commit": _git_commit(self.root)})
+            mlflow.log_params({f"best.{key}": value for key, value in winner.items()})
+            mlflow.log_metrics({"grid_points": len(grid)} | {f"best_{name}": value for name, value in scores.items()})
+            mlflow.log_table(pd.DataFrame(grid), artifact_file=TUNING_TABLE)
+        return run.info.run_id
 
     def record_decision(self, line: str, version: str, promote: bool, reason: str) -> None:
         """Tag the gate's verdict on the version; move ``@champion`` to it only if it passed."""
