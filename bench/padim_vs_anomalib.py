@@ -96,6 +96,7 @@ class RunSpec:
     batch_size: int
     threads: int
     repeats: int
+    options: dict[str, Any] = field(default_factory=dict)  # StreamingPadimModel's accuracy options
 
     @property
     def n_features(self) -> int:
@@ -209,6 +210,7 @@ def build_ours(spec: RunSpec) -> StreamingPadimModel:
         weights=None if spec.synthetic else "imagenet",
         seed=SEED,
         epsilon=ANOMALIB_EPSILON,
+        **spec.options,
     )
     return model.to(spec.device).eval()
 

@@ -260,12 +260,17 @@ class StreamingGaussian(nn.Module):
         ``pooling`` (padim_plugin.pooling): each position's Gaussian pooled over a ``window`` x
         ``window`` neighbourhood, or one Gaussian for all (then the result has one position).
         """
+        return self.fitted(epsilon, dtype, chunk, pooling, window)[1]
+
+    def fitted(self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32, chunk: int = 512,
+               pooling: str = "per_position", window: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean (P, C) float64, whitening (P, C, C) dtype)``, pooling the statistics only once."""
         if pooling == "per_position":
-            n_positions = self.shape[0]
+            n_positions, mean = self.shape[0], self.mean()
             covariance_of = lambda part: self.covariance(epsilon, part)  # noqa: E731
         else:
             self._require_two_samples()
-            counts, _, scatter = self.pooled(pooling, window)
+            counts, mean, scatter = self.pooled(pooling, window)
             n_positions = counts.shape[0]
 
             def covariance_of(part: slice) -> torch.Tensor:
@@ -281,7 +286,7 @@ class StreamingGaussian(nn.Module):
             factor = torch.linalg.cholesky(covariance_of(slice(start, start + chunk)))
             inverse = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
             result[start : start + chunk] = inverse.transpose(1, 2)
-        return result
+        return mean, result
 
     def pooled(self, pooling: str, window: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(counts, means, scatters)`` pooled over neighbouring positions or all of them."""

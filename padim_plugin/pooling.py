@@ -57,15 +57,22 @@ def pool_statistics(count: torch.Tensor, mean: torch.Tensor, scatter: torch.Tens
     return counts, reference + pooled_offset, pooled_scatter
 
 
-def box_sum(values: torch.Tensor, grid: tuple[int, int], window: int, chunk: int = 4096) -> torch.Tensor:
+def box_sum(values: torch.Tensor, grid: tuple[int, int], window: int, chunk: int = 2048) -> torch.Tensor:
     """(P, D) values on a (h, w) grid -> the sum over each position's window x window
-    neighbourhood, clipped at the borders; ``chunk`` columns at a time to bound the temporaries."""
+    neighbourhood, clipped at the borders. Shifted slices of the zero-padded grid are added, rows
+    then columns, in the values' own layout (no transposes); ``chunk`` of the D columns at a time
+    bound the temporaries."""
     height, width = grid
     radius = window // 2
     out = torch.empty_like(values)
     for start in range(0, values.shape[1], chunk):
-        planes = values[:, start : start + chunk].T.reshape(1, -1, height, width)
-        padded = F.pad(planes, (radius, radius, radius, radius))  # zeros: clipped at the borders
-        summed = padded.unfold(2, window, 1).sum(-1).unfold(3, window, 1).sum(-1)  # rows, then columns
-        out[:, start : start + chunk] = summed.reshape(-1, height * width).T
+        planes = values[:, start : start + chunk].reshape(height, width, -1)
+        padded = F.pad(planes, (0, 0, radius, radius, radius, radius))  # zeros: clipped at the borders
+        rows = padded[:height].clone()
+        for step in range(1, window):
+            rows += padded[step : step + height]
+        summed = rows[:, :width].clone()
+        for step in range(1, window):
+            summed += rows[:, step : step + width]
+        out[:, start : start + chunk] = summed.reshape(height * width, -1)
     return out

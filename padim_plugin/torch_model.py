@@ -234,9 +234,9 @@ class StreamingPadimModel(nn.Module):
         """Turn the statistics into the float32 mean and whitening factor used for scoring."""
         if self.gaussian.n_samples == 0:
             raise ValueError("no training images were seen: the training set is empty")
-        whitening = self.gaussian.whitening(self.epsilon, torch.float32, pooling=self.pooling,
-                                            window=self.pooling_window)
-        mean = self.gaussian.mean(self.pooling, self.pooling_window).float()
+        mean, whitening = self.gaussian.fitted(self.epsilon, torch.float32, pooling=self.pooling,
+                                               window=self.pooling_window)
+        mean = mean.float()
         n_positions, n_channels = self.gaussian.shape
         # one shared Gaussian is scored at every position like the per-position ones
         self.whitening = whitening.expand(n_positions, n_channels, n_channels).contiguous()
