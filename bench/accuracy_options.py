@@ -11,7 +11,8 @@ memory is measured again at 100 training images, so that flat memory can be read
 - channel_reduction: the paper's random subset, or a semi-orthogonal projection of all channels;
 - align_maps: cells and map placed where the backbone's features look (padim_plugin.alignment);
 - top_k_percent: image score as the mean of the map's top 1% pixels instead of its maximum;
-- layers: the backbone's deeper stages (strides 8, 16, 32) instead of the paper's (4, 8, 16).
+- layers: the backbone's deeper stages (strides 8, 16, 32) instead of the paper's (4, 8, 16);
+- n_features: more channels kept (200 of the deeper stages' 472, or all 176 of the default ones).
 
     .venv/bin/python bench/accuracy_options.py [--data PATH] [--n-train N] [--only NAME ...] [--no-reference]
 """
@@ -46,6 +47,9 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     "deeper layers + shared": {"layers": list(DEEPER_LAYERS["efficientnet_lite0"]), "pooling": "shared"},
     "deeper layers + aligned + projection": {"layers": list(DEEPER_LAYERS["efficientnet_lite0"])}
     | ALIGNED_PROJECTION,
+    "deeper layers + aligned + projection to 200": {"layers": list(DEEPER_LAYERS["efficientnet_lite0"]),
+                                                     "n_features": 200} | ALIGNED_PROJECTION,
+    "aligned + all 176 channels": {"align_maps": True, "n_features": None},
 }
 MIB = 2**20
 
