@@ -46,14 +46,16 @@ def main(argv: list[str] | None = None) -> None:
             params = with_options(project.line_or_defaults(line), PAPER)
             folders = generate_line(line, Path(scratch) / "sources" / line, masks=line not in UNMASKED_LINES)
             data = Path(scratch) / "data" / line
-            stage(from_separate_folders(folders.normal, folders.defects, folders.masks, params.data.split), data)
+            split = params.data.split
+            stage(from_separate_folders(folders.normal, folders.defects, folders.masks, split), data)
             started = time.perf_counter()
-            grid = score_options(params, data, Path(scratch) / "work" / line / "tune")
+            grid = score_options(params, data, Path(scratch) / "tune" / line)
             tune_seconds = time.perf_counter() - started
             paper_validation = next(point for point in grid if point.options == PAPER)
             winner = best(grid)
-            paper = test_metrics(params, data, Path(scratch) / "work" / line / "paper")
-            tuned = test_metrics(with_options(params, winner.options), data, Path(scratch) / "work" / line / "tuned")
+            work = Path(scratch) / "work" / line
+            paper = test_metrics(params, data, work / "paper")
+            tuned = test_metrics(with_options(params, winner.options), data, work / "tuned")
             rows.append((line, winner, paper_validation, paper, tuned, tune_seconds))
             print(line, winner.options, paper.get("image_auroc"), tuned.get("image_auroc"), flush=True)
     print("\n| line | chosen on validation | val. image AUROC paper / chosen | test image AUROC paper |"

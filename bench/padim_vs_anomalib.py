@@ -204,8 +204,8 @@ def synthetic_dataset(spec: RunSpec, pool_size: int = 4) -> Dataset:
 
 def build_ours(spec: RunSpec) -> StreamingPadimModel:
     """StreamingPadim with anomalib's effective regulariser; random weights in synthetic mode."""
-    settings = {"n_features": spec.n_features, "weights": None if spec.synthetic else "imagenet", "seed": SEED,
-                "epsilon": ANOMALIB_EPSILON}
+    settings = {"n_features": spec.n_features, "weights": None if spec.synthetic else "imagenet",
+                "seed": SEED, "epsilon": ANOMALIB_EPSILON}
     model = StreamingPadimModel(spec.backbone, **(settings | spec.options))
     return model.to(spec.device).eval()
 

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                                " and writes the best into the line's params.yaml entry.")
     tune.add_argument("line", help="product line name")
     tune.add_argument("--rev", help="git revision of the data (default HEAD)")
-    tune.add_argument("--dry-run", action="store_true", help="score and log the grid; leave params.yaml alone")
+    tune.add_argument("--dry-run", action="store_true",
+                      help="score and log the grid; leave params.yaml alone")
     tune.set_defaults(run=_tune)
 
     demo = commands.add_parser("demo", help="demo data + retrain all lines, on the embedded defaults")

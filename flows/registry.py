@@ -166,11 +166,13 @@ class Registry:
         params and its validation ``scores`` as metrics."""
         import pandas as pd
 
-        with mlflow.start_run(experiment_id=self._experiment(line), run_name=f"{line}-tune-{data.md5[:8]}") as run:
-            mlflow.set_tags({f"{TAG}kind": "tuning", f"{TAG}data_md5": data.md5, f"{TAG}data_rev": data.rev or "",
-                             f"{TAG}git_commit": _git_commit(self.root)})
+        run_name = f"{line}-tune-{data.md5[:8]}"
+        with mlflow.start_run(experiment_id=self._experiment(line), run_name=run_name) as run:
+            mlflow.set_tags({f"{TAG}kind": "tuning", f"{TAG}data_md5": data.md5,
+                             f"{TAG}data_rev": data.rev or "", f"{TAG}git_commit": _git_commit(self.root)})
             mlflow.log_params({f"best.{key}": value for key, value in winner.items()})
-            mlflow.log_metrics({"grid_points": len(grid)} | {f"best_{name}": value for name, value in scores.items()})
+            best = {f"best_{name}": value for name, value in scores.items()}
+            mlflow.log_metrics({"grid_points": len(grid)} | best)
             mlflow.log_table(pd.DataFrame(grid), artifact_file=TUNING_TABLE)
         return run.info.run_id
 

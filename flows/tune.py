@@ -50,7 +50,9 @@ def layer_choices(params: LineParams) -> list[dict[str, Any]]:
     cell: textures and parts that move)."""
     deeper = DEEPER_LAYERS.get(params.model.backbone)
     current = {"layers": params.model.layers}
-    return [current] if deeper is None or params.model.layers == list(deeper) else [current, {"layers": list(deeper)}]
+    if deeper is None or params.model.layers == list(deeper):
+        return [current]
+    return [current, {"layers": list(deeper)}]
 
 
 def grid_size(params: LineParams) -> int:
@@ -127,7 +129,8 @@ def score_options(params: LineParams, data_path: Path, work_dir: Path) -> list[G
             maps = [batch.anomaly_map for batch in validation.batches]
             n_defect = int(validation.labels.sum())
             for rule in SCORE_RULES:
-                scores = np.concatenate([image_score(m, rule["top_k_percent"]).flatten().numpy() for m in maps])
+                scores = np.concatenate([image_score(m, rule["top_k_percent"]).flatten().numpy()
+                                         for m in maps])
                 auroc = float(roc_auc_score(validation.labels, scores))
                 standard_error = auroc_standard_error(auroc, n_defect, len(validation.labels) - n_defect)
                 grid.append(GridPoint(embedding | pooling | rule, auroc, standard_error, pixel_auroc))
@@ -142,10 +145,12 @@ def score_grid(params: LineParams, data: DataVersion, root: Path) -> list[GridPo
 @task(name="log the grid", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
 def log_grid(root: Path, params: LineParams, data: DataVersion, grid: list[GridPoint],
              winner: GridPoint) -> str:
-    scores = {"validation_image_auroc": winner.image_auroc, "validation_image_auroc_se": winner.image_auroc_se}
+    scores = {"validation_image_auroc": winner.image_auroc,
+              "validation_image_auroc_se": winner.image_auroc_se}
     if winner.pixel_auroc is not None:
         scores["validation_pixel_auroc"] = winner.pixel_auroc
-    return Registry(root).log_tuning(params.name, data, [point.row() for point in grid], winner.options, scores)
+    rows = [point.row() for point in grid]
+    return Registry(root).log_tuning(params.name, data, rows, winner.options, scores)
 
 
 @flow(name="tune-product-line", log_prints=True)

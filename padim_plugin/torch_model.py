@@ -86,7 +86,8 @@ class StreamingPadimModel(nn.Module):
         super().__init__()
         check_pooling(pooling, pooling_window)
         if channel_reduction not in CHANNEL_REDUCTIONS:
-            raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}")
+            msg = f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}"
+            raise ValueError(msg)
         self.channel_reduction = channel_reduction
         self.pooling, self.pooling_window = pooling, pooling_window
         if not epsilon > 0:
@@ -133,7 +134,9 @@ class StreamingPadimModel(nn.Module):
 
     @property
     def n_features(self) -> int:
-        return self.projection.shape[1] if self.channel_reduction == "projection" else self.channel_index.numel()
+        if self.channel_reduction == "projection":
+            return self.projection.shape[1]
+        return self.channel_index.numel()
 
     @property
     def is_fitted(self) -> bool:
@@ -154,7 +157,8 @@ class StreamingPadimModel(nn.Module):
         if not self.align_maps:
             return None
         if self.cell_offsets.numel() == 0:
-            self.cell_offsets = cell_offsets(self.feature_extractor, self.strides).to(self.cell_offsets.device)
+            measured = cell_offsets(self.feature_extractor, self.strides)
+            self.cell_offsets = measured.to(self.cell_offsets.device)
         return self.cell_offsets
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -182,7 +186,8 @@ class StreamingPadimModel(nn.Module):
             if self.channel_reduction == "projection":  # every layer adds into all channels
                 target, add = embedding, layer > 0
             else:  # each layer fills its own slice of channels
-                target, add, start = embedding[..., start : start + reduced.shape[-1]], False, start + reduced.shape[-1]
+                stop = start + reduced.shape[-1]
+                target, add, start = embedding[..., start:stop], False, stop
             self._place(target, reduced, layer, offsets, add)
         return embedding.permute(2, 3, 0, 1)
 

@@ -75,7 +75,8 @@ def test_accuracy_options_travel_with_the_artifact(tmp_path: Path) -> None:
     assert (core.align_maps, core.channel_reduction, core.pooling) == (True, "projection", "neighbourhood")
     assert torch.equal(core.projection, model.model.projection)
     assert torch.equal(core.cell_offsets, model.model.cell_offsets)
-    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((line / "test").rglob("*.png"))])
+    files = sorted((line / "test").rglob("*.png"))
+    images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in files])
     expected, actual = score_arrays(model, images), score_arrays(loaded, images)
     for key in ("pred_score", "pred_label", "anomaly_map"):
         assert np.array_equal(expected[key], actual[key]), key

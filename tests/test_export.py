@@ -50,7 +50,8 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
 def fitted_with_options(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
     """The same with aligned maps, a projection and pooled Gaussians."""
     model = PARAMS.model.model_copy(update=OPTIONS)
-    return fit_tiny_line(tmp_path_factory.mktemp("export_options"), PARAMS.model_copy(update={"model": model}))
+    params = PARAMS.model_copy(update={"model": model})
+    return fit_tiny_line(tmp_path_factory.mktemp("export_options"), params)
 
 
 @pytest.mark.parametrize("export_format", ["onnx", "openvino"])

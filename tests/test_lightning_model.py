@@ -136,7 +136,8 @@ def test_plain_ddp_is_refused_with_a_pointer_to_ddp_streaming(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, OPTIONS], ids=["paper", "aligned projection"])
-def test_two_gloo_processes_give_the_same_model_as_one(tiny_line: Path, tmp_path: Path, options: dict) -> None:
+def test_two_gloo_processes_give_the_same_model_as_one(tiny_line: Path, tmp_path: Path,
+                                                       options: dict) -> None:
     """7 images over 2 ranks: the sampler pads rank 1 with a repeat, which must not count."""
     states = {}
     for devices in (1, 2):
