@@ -21,20 +21,10 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(params: LineParams) -> StreamingPadim:
-    model = params.model
+    """The line's model: every key of params.yaml's ``model`` section is a StreamingPadim argument."""
     size = params.data.image_size
     return StreamingPadim(
-        backbone=model.backbone,
-        layers=model.layers,
-        n_features=model.n_features,
-        weights=model.weights,
-        seed=model.seed,
-        epsilon=model.epsilon,
-        top_k_percent=model.top_k_percent,
-        pooling=model.pooling,
-        pooling_window=model.pooling_window,
-        align_maps=model.align_maps,
-        channel_reduction=model.channel_reduction,
+        **params.model.model_dump(),
         pre_processor=StreamingPadim.configure_pre_processor((size, size)),
         evaluator=False,  # flows.evaluate computes the metrics, on raw and thresholded outputs
         visualizer=False,

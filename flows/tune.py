@@ -108,9 +108,17 @@ def score_options(params: LineParams, data_path: Path, work_dir: Path) -> list[G
 
     from padim_plugin.anomaly_map import image_score
 
+    from .evaluate import role_counts
     from .predictions import predict_role
     from .train import fit_statistics
 
+    counts = role_counts(data_path)
+    n_normal, n_defect = counts["validation_normal_images"], counts["validation_defect_images"]
+    if not (n_normal and n_defect):
+        msg = (f"{params.name}: tuning ranks options by validation AUROC, but the validation split"
+               f" holds {n_normal} normal and {n_defect} defect images; it needs both (keep"
+               " data.split.defect_validation above 0 and add defect images)")
+        raise ValueError(msg)
     grid = []
     for embedding in (layers | embedding for layers in layer_choices(params) for embedding in EMBEDDINGS):
         model = fit_statistics(with_options(params, embedding), data_path, work_dir)
@@ -118,21 +126,14 @@ def score_options(params: LineParams, data_path: Path, work_dir: Path) -> list[G
             model.model.pooling, model.model.pooling_window = pooling["pooling"], pooling["pooling_window"]
             model.model.finalize()
             validation = predict_role(model, params, data_path, "validation", work_dir)
-            if len(np.unique(validation.labels)) < 2:
-                msg = (f"{params.name}: tuning ranks options by validation AUROC, but the validation split"
-                       f" holds {int((validation.labels == 0).sum())} normal and"
-                       f" {int((validation.labels == 1).sum())} defect images; it needs both (keep"
-                       " data.split.defect_validation above 0 and add defect images)")
-                raise ValueError(msg)
             pixel_auroc = (float(roc_auc_score(validation.pixel_labels, validation.pixel_scores))
                            if len(np.unique(validation.pixel_labels)) == 2 else None)
             maps = [batch.anomaly_map for batch in validation.batches]
-            n_defect = int(validation.labels.sum())
             for rule in SCORE_RULES:
                 scores = np.concatenate([image_score(m, rule["top_k_percent"]).flatten().numpy()
                                          for m in maps])
                 auroc = float(roc_auc_score(validation.labels, scores))
-                standard_error = auroc_standard_error(auroc, n_defect, len(validation.labels) - n_defect)
+                standard_error = auroc_standard_error(auroc, n_defect, n_normal)
                 grid.append(GridPoint(embedding | pooling | rule, auroc, standard_error, pixel_auroc))
     return grid
 

@@ -243,28 +243,26 @@ class StreamingGaussian(nn.Module):
             )
             raise ValueError(msg)
 
-    def mean(self, pooling: str = "per_position", window: int = 3) -> torch.Tensor:
-        if pooling != "per_position":
-            return self.pooled(pooling, window)[1]
+    def mean(self) -> torch.Tensor:
         self.flush()
         return self.shift + self.shifted_sum / self.count
 
-    def whitening(self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32, chunk: int = 512,
-                  pooling: str = "per_position", window: int = 3) -> torch.Tensor:
+    def whitening(self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32,
+                  chunk: int = 512) -> torch.Tensor:
         """``W = (L^-1)^T`` per position (L the Cholesky factor), so d^2(x) = ||(x - mean) @ W||^2.
 
         Found by a triangular solve against the Cholesky factor rather than by inverting the
         covariance: the factor's condition number is the square root of the covariance's.
         Transposed so that scoring row vectors is one batched matmul over contiguous memory.
         Computed in float64, ``chunk`` positions at a time, so the temporaries stay small.
-        ``pooling`` (padim_plugin.pooling): each position's Gaussian pooled over a ``window`` x
-        ``window`` neighbourhood, or one Gaussian for all (then the result has one position).
         """
-        return self.fitted(epsilon, dtype, chunk, pooling, window)[1]
+        return self.fitted(epsilon, dtype, chunk)[1]
 
     def fitted(self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32, chunk: int = 512,
                pooling: str = "per_position", window: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean (P, C) float64, whitening (P, C, C) dtype)``, pooling the statistics only once."""
+        """``(mean (P, C) float64, whitening (P, C, C) dtype)`` (see :meth:`whitening`), the
+        statistics first pooled (padim_plugin.pooling) over a ``window`` x ``window``
+        neighbourhood of positions, or over all of them (then P = 1), once for both."""
         if pooling == "per_position":
             n_positions, mean = self.shape[0], self.mean()
             covariance_of = lambda part: self.covariance(epsilon, part)  # noqa: E731

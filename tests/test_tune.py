@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from flows.cli import main
@@ -20,6 +19,7 @@ from flows.tune import GridPoint, auroc_standard_error, best, grid_size, score_o
 from padim_plugin import StreamingPadimModel
 
 from .conftest import write_mvtec_folder
+from .mtd import load_images
 from .projects import init_project
 
 PARAMS = """\
@@ -45,9 +45,8 @@ def _local_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tensors(paths: list[Path]) -> torch.Tensor:
-    """Images as the model sees them at their own size: 0..1, ImageNet-normalised."""
-    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]))
-    images = pixels.permute(0, 3, 1, 2).float() / 255
+    """Images as the model sees them at the line's size: 0..1, ImageNet-normalised."""
+    images = torch.from_numpy(load_images(paths, LINE.data.image_size))
     return (images - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
 
 
