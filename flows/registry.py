@@ -3,26 +3,38 @@
 One registered model per product line, ``padim-<line>``. Every new version gets ``@challenger``;
 ``@champion`` moves only through :meth:`Registry.promote` / :meth:`Registry.rollback`, whose tags
 are written first and whose single alias move comes last, so a failure at any point leaves the
-previous champion in place.
+previous champion in place; the version's ``padim.decision`` tag is written after the move, so a
+version without it was never fully decided and a rerun decides it again.
+
+Writers of one line take turns through :class:`LineLock`, a lease kept in the registry itself
+(a registered model ``padim-<line>.lock-<generation>``), so the turn holds across threads,
+processes and machines that share the store, on SQLite as on a server.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities import RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from .config import LineParams
 from .data import DataVersion
+from .validation import check_line_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG = "padim."
@@ -32,6 +44,9 @@ PACKAGES = ("padim-plugin", "anomalib", "torch", "torchvision", "timm", "lightni
 SCORING_PACKAGES = ("anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 TUNING_TABLE = "tuning/grid.json"
+LOCK_TTL_S = 120.0  # a lock not renewed for this long was abandoned (its holder died elsewhere)
+LOCK_POLL_S = 0.5
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(root: Path) -> str:
@@ -40,7 +55,9 @@ def tracking_uri(root: Path) -> str:
 
 
 def model_name(line: str) -> str:
-    return f"padim-{line}"
+    """The registered model of a line; the name check keeps quotes and backquotes out of the
+    registry's search filters, which embed it."""
+    return f"padim-{check_line_name(line)}"
 
 
 class PickledModelError(ValueError):
@@ -63,6 +80,8 @@ class Registry:
         self.uri = uri or tracking_uri(self.root)
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
+        if self.uri.startswith("sqlite:///"):
+            _open_sqlite_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     # -- reading -------------------------------------------------------------------------------
@@ -87,13 +106,22 @@ class Registry:
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
 
-    def find_by_cache_key(self, line: str, cache_key: str) -> ModelVersion | None:
-        try:
-            found = self.client.search_model_versions(
-                f"name = '{model_name(line)}' and tags.`{TAG}cache_key` = '{cache_key}'"
-            )
-        except MlflowException:
+    def find_candidate(self, line: str, cache_key: str) -> Candidate | None:
+        """The version registered for this fit (data, params, code), with its decision if it has one."""
+        existing = self.find_by_cache_key(line, cache_key)
+        if existing is None:
             return None
+        decision = existing.tags.get(f"{TAG}decision")
+        return Candidate(str(existing.version), existing.run_id, decision is not None, decision)
+
+    def line_lock(self, line: str, purpose: str, timeout_s: float | None = None) -> LineLock:
+        """The line's writer turn (see :class:`LineLock`); ``with registry.line_lock(...):``."""
+        return LineLock(self.client, line, purpose, timeout_s)
+
+    def find_by_cache_key(self, line: str, cache_key: str) -> ModelVersion | None:
+        found = self.client.search_model_versions(
+            f"name = '{model_name(line)}' and tags.`{TAG}cache_key` = '{cache_key}'"
+        )
         return max(found, key=lambda v: int(v.version)) if found else None
 
     def load_model(self, line: str, version: str) -> Any:  # noqa: ANN401
@@ -133,12 +161,13 @@ class Registry:
     ) -> Candidate:
         """Log a run (params with the validation calibration, metrics with the reasons any are
         missing, lineage tags, figures, pyfunc model) and register it as ``@challenger``.
-        Idempotent: a fit already registered under ``cache_key`` is returned."""
+        Idempotent: a fit already registered under ``cache_key`` is returned. The caller holds the
+        line's lock, so a run of this fit still marked running was left by a killed process."""
         line = params.name
-        existing = self.find_by_cache_key(line, cache_key)
+        existing = self.find_candidate(line, cache_key)
         if existing is not None:
-            decision = existing.tags.get(f"{TAG}decision")
-            return Candidate(str(existing.version), existing.run_id, decision is not None, decision)
+            return existing
+        self._end_abandoned_runs(line, cache_key)
         tags = self._lineage_tags(data, cache_key, code_version)
         run_name = f"{line}-{data.md5[:8]}"
         with mlflow.start_run(experiment_id=self._experiment(line), run_name=run_name) as run:
@@ -177,32 +206,52 @@ class Registry:
         return run.info.run_id
 
     def record_decision(self, line: str, version: str, promote: bool, reason: str) -> None:
-        """Tag the gate's verdict on the version; move ``@champion`` to it only if it passed."""
+        """Tag the gate's verdict on the version; move ``@champion`` to it only if it passed. The
+        caller holds the line's lock (the retrain flow does)."""
         if promote:
-            self.promote(line, version, reason)
+            self._promote(line, version, reason)
         else:
-            self._tag(line, version, decision=CHALLENGER, reason=reason)
+            self._tag(line, version, reason=reason, decision=CHALLENGER)
 
     def promote(self, line: str, version: str, reason: str) -> None:
+        """Make ``version`` the champion, in the line's turn."""
         self.version(line, version)  # fails clearly on an unknown version, before any write
-        current = self.champion(line)
-        previous = str(current.version) if current is not None else ""
-        if previous == str(version):
-            return
-        self._tag(line, version, decision=CHAMPION, reason=reason, previous_champion=previous)
-        self.client.set_registered_model_alias(model_name(line), CHAMPION, str(version))  # the commit point
+        with self.line_lock(line, f"promote v{version}"):
+            self._promote(line, version, reason)
 
     def rollback(self, line: str) -> str:
-        """Give ``@champion`` back to the version it replaced; returns that version."""
+        """Give ``@champion`` back to the version it replaced, in the line's turn; returns that version."""
+        with self.line_lock(line, "rollback"):
+            current = self.champion(line)
+            if current is None:
+                raise KeyError(f"{model_name(line)} has no champion to roll back")
+            previous = current.tags.get(f"{TAG}previous_champion")
+            if not previous:
+                raise KeyError(f"{model_name(line)} v{current.version} replaced no earlier champion")
+            self._tag(line, str(current.version), reason=f"rolled back to v{previous}",
+                      decision="rolled back")
+            self.client.set_registered_model_alias(model_name(line), CHAMPION, previous)
+            return previous
+
+    def _promote(self, line: str, version: str, reason: str) -> None:
+        """Tag the champion it replaces, move the alias (the commit point), then tag the decision:
+        rerun after a crash anywhere in between, it completes the same promotion."""
+        self.version(line, version)
         current = self.champion(line)
-        if current is None:
-            raise KeyError(f"{model_name(line)} has no champion to roll back")
-        previous = current.tags.get(f"{TAG}previous_champion")
-        if not previous:
-            raise KeyError(f"{model_name(line)} v{current.version} replaced no earlier champion")
-        self._tag(line, str(current.version), decision="rolled back", reason=f"rolled back to v{previous}")
-        self.client.set_registered_model_alias(model_name(line), CHAMPION, previous)
-        return previous
+        if current is None or str(current.version) != str(version):
+            previous = str(current.version) if current is not None else ""
+            self._tag(line, version, reason=reason, previous_champion=previous)
+            self.client.set_registered_model_alias(model_name(line), CHAMPION, str(version))
+        self._tag(line, version, reason=reason, decision=CHAMPION)
+
+    def _end_abandoned_runs(self, line: str, cache_key: str) -> None:
+        experiment = self.client.get_experiment_by_name(f"padim/{line}")
+        if experiment is None:
+            return
+        filter_string = f"tags.`{TAG}cache_key` = '{cache_key}' and attributes.status = 'RUNNING'"
+        for run in self.client.search_runs([experiment.experiment_id], filter_string):
+            self.client.set_tag(run.info.run_id, f"{TAG}abandoned", "its process stopped before registering")
+            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
     def _tag(self, line: str, version: str, **tags: str) -> None:
         for key, value in tags.items():
@@ -228,6 +277,163 @@ class Registry:
             f"{TAG}packages": json.dumps(_package_versions()),
             f"{TAG}registered_by": getpass.getuser(),
         }
+
+
+@cache
+def _open_sqlite_store(uri: str) -> None:
+    """Create a new SQLite store's tables one process at a time: MLflow creates them on first use,
+    and two processes doing so at once collide ("Online migration expected to match one row")."""
+    from filelock import FileLock
+
+    with FileLock(f"{uri.removeprefix('sqlite:///')}.init.lock"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+
+
+class LockLostError(RuntimeError):
+    """The holder of a line's lock was presumed dead and its turn was taken over."""
+
+
+class LineLock:
+    """One writer of a line's versions and aliases at a time, wherever the writers run.
+
+    The lock is a lease kept as a registered model ``padim-<line>.lock-<generation>``: creating a
+    registered model is atomic (a unique name in MLflow's database, on SQLite as on a server), so
+    of two writers that try the next generation exactly one gets it. The holder renews its lease
+    (tag ``padim.lock.renewed``) and marks it released when done; a lock whose holder process is
+    gone (same host) or that went unrenewed for ``LOCK_TTL_S`` is taken over by creating the next
+    generation. The newest generation is never deleted, so a slow writer that created an older
+    one sees a newer one and backs off; :meth:`check` tells a holder whose lock was taken over.
+    The registry's UI shows who holds a line (host, pid, purpose, since).
+    """
+
+    def __init__(self, client: MlflowClient, line: str, purpose: str, timeout_s: float | None = None,
+                 ttl_s: float = LOCK_TTL_S) -> None:
+        self.client, self.line, self.purpose = client, line, purpose
+        self.prefix = f"{model_name(line)}.lock-"
+        self.timeout_s, self.ttl_s = timeout_s, ttl_s
+        self.generation = 0
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def __enter__(self) -> LineLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        started, reported = time.monotonic(), False
+        while True:
+            generations = self._generations()
+            newest = max(generations, default=0)
+            holder = generations.get(newest)
+            if holder is None or self._free(holder):
+                if self._claim(newest + 1):
+                    break
+                continue
+            if not reported:
+                log.warning("%s: waiting for the line's lock, held by %s", self.line, _describe(holder))
+                reported = True
+            if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
+                msg = (f"{self.line}: gave up after {self.timeout_s:g} s waiting for the line's lock,"
+                       f" held by {_describe(holder)}")
+                raise TimeoutError(msg)
+            time.sleep(LOCK_POLL_S)
+        for older in (g for g in generations if g < self.generation):
+            self._delete(older)
+        self._renewer = threading.Thread(target=self._renew, name=f"lock-{self.line}", daemon=True)
+        self._renewer.start()
+
+    def check(self) -> None:
+        """Raise LockLostError if another writer took this lock over (this holder looked dead)."""
+        newest = max(self._generations(), default=0)
+        if newest != self.generation:
+            msg = (f"{self.line}: the line's lock was taken over (generation {newest}, ours"
+                   f" {self.generation}), after {self.ttl_s:g} s without renewal; this writer stops before"
+                   " changing aliases")
+            raise LockLostError(msg)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        try:
+            self.client.set_registered_model_tag(self._name(self.generation), f"{TAG}lock.released", _now())
+        except MlflowException as error:  # the next writer will see the lease expire instead
+            log.warning("%s: could not release the line's lock: %s", self.line, error)
+
+    def _claim(self, generation: int) -> bool:
+        """Create lock ``generation``; True if it is ours and still the newest."""
+        tags = {f"{TAG}lock.host": socket.gethostname(), f"{TAG}lock.pid": str(os.getpid()),
+                f"{TAG}lock.purpose": self.purpose, f"{TAG}lock.since": _now(), f"{TAG}lock.renewed": _now()}
+        try:
+            description = f"lock of {model_name(self.line)}: {self.purpose}"
+            self.client.create_registered_model(self._name(generation), tags=tags, description=description)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_ALREADY_EXISTS":
+                return False
+            raise
+        if max(self._generations(), default=0) != generation:  # created below a newer one: stale
+            self._delete(generation)
+            return False
+        self.generation = generation
+        return True
+
+    def _free(self, holder: dict[str, str]) -> bool:
+        if f"{TAG}lock.released" in holder:
+            return True
+        if time.time() - float(holder.get(f"{TAG}lock.renewed", 0)) > self.ttl_s:
+            return True
+        same_host = holder.get(f"{TAG}lock.host") == socket.gethostname()
+        return same_host and not _alive(holder.get(f"{TAG}lock.pid"))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 6):
+            try:
+                self.client.set_registered_model_tag(self._name(self.generation), f"{TAG}lock.renewed",
+                                                     _now())
+            except MlflowException as error:
+                log.warning("%s: could not renew the line's lock: %s", self.line, error)
+
+    def _generations(self) -> dict[int, dict[str, str]]:
+        found = self.client.search_registered_models(f"name LIKE '{self.prefix}%'", max_results=1000)
+        return {int(model.name.removeprefix(self.prefix)): dict(model.tags) for model in found
+                if model.name.startswith(self.prefix) and model.name.removeprefix(self.prefix).isdigit()}
+
+    def _delete(self, generation: int) -> None:
+        try:
+            self.client.delete_registered_model(self._name(generation))
+        except MlflowException:
+            pass  # already gone: another writer cleaned it
+
+    def _name(self, generation: int) -> str:
+        return f"{self.prefix}{generation:06d}"
+
+
+def _describe(holder: dict[str, str]) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get(f"{TAG}lock.since", 0))))
+    return (f"{holder.get(f'{TAG}lock.purpose', '?')} (host {holder.get(f'{TAG}lock.host', '?')},"
+            f" pid {holder.get(f'{TAG}lock.pid', '?')}, since {since})")
+
+
+def _alive(pid: str | None) -> bool:
+    """Whether a process of this host is running (unknown counts as running)."""
+    if not pid or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return f"{time.time():.3f}"
 
 
 def _pip_requirements() -> list[str]:

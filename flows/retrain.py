@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from .config import LineParams, load_params
 from .data import DataStore, DataVersion
 from .gates import Decision, decide
-from .registry import Candidate, Registry
+from .registry import Candidate, LineLock, Registry
 from .validation import validate_line
 
 PACKAGE_DIRS = ("padim_plugin", "flows")
@@ -55,6 +55,7 @@ class LineResult:
     decision: str = ""
     reason: str = ""
     error: str = ""
+    run_id: str = ""  # the MLflow run of the version
 
 
 @cache
@@ -140,7 +141,10 @@ def champion_scores(root: Path, params: LineParams, data: DataVersion,
 
     registry = Registry(root)
     champion = registry.champion(params.name)
-    if champion is None or str(champion.version) == candidate_version:
+    if champion is not None and str(champion.version) == candidate_version:  # its promotion was cut short
+        previous = champion.tags.get("padim.previous_champion")
+        champion = registry.version(params.name, previous) if previous else None
+    if champion is None:
         return None
     version, tags = str(champion.version), champion.tags
     if tags.get("padim.data_md5") == data.md5 and tags.get("padim.code_version") == code_version():
@@ -158,32 +162,54 @@ def apply_decision(root: Path, line: str, version: str, decision: Decision) -> N
     Registry(root).record_decision(line, version, decision.promote, decision.reason)
 
 
+@task(name="find a registered fit", cache_policy=NO_CACHE)
+def registered_fit(root: Path, params: LineParams, data: DataVersion) -> Candidate | None:
+    """The version already registered for this data, params and code, if any."""
+    return Registry(root).find_candidate(params.name, fit_cache_key(params, data))
+
+
 @flow(name="retrain-product-line", log_prints=True)
 def retrain_product_line(line: str, rev: str | None = None, root: str = ".") -> LineResult:
-    """Pull the line's data at ``rev`` (default HEAD), fit, evaluate, register and gate it."""
+    """Pull the line's data at ``rev`` (default HEAD), fit, evaluate, register and gate it.
+
+    Fitting, registering and gating happen in the line's turn (its registry lock), so retrains of
+    one line that overlap (a schedule and a manual run, two machines) give one version and one
+    decision: the later one finds the earlier one's version and reuses its decision."""
     project = Path(root).resolve()
     params = load_params(project / "params.yaml").line(line)
     registry = Registry(project)
     data = pull_data(project, line, rev)
     validate_data(data, params)
+    with registry.line_lock(line, f"retrain {line} on data {data.md5}") as lock:
+        known = registered_fit(project, params, data)
+        if known is not None and known.decided:
+            metrics = registry.run_metrics(known.run_id)
+            result = LineResult(line, data.md5, metrics, known.version, known.decision or "",
+                                "unchanged data, params and code: reused", run_id=known.run_id)
+        else:
+            result = fit_register_and_decide(project, params, data, lock)
+    publish_report(result, registry.run_link(result.run_id), registry.uri)
+    return result
+
+
+def fit_register_and_decide(project: Path, params: LineParams, data: DataVersion,
+                            lock: LineLock) -> LineResult:
+    """The part of a retrain that writes a version and a decision (in the line's turn)."""
     trained = fit_and_evaluate(params, data, project)
     if not (Path(trained.model_path) / "manifest.json").is_file():  # the cached fit's files were cleaned away
         trained = fit_and_evaluate.with_options(refresh_cache=True)(params, data, project)
-    candidate = register_candidate(project, params, data, trained)
-    if candidate.decided:
-        decision = Decision(candidate.decision == "champion", "unchanged data, params and code: reused")
+    candidate = register_candidate(project, params, data, trained)  # found again after a crash
+    champion = champion_scores(project, params, data, candidate.version)
+    if champion is not None and champion.problem:
+        decision = Decision(False, f"{champion.problem}; compare and promote by hand")
     else:
-        champion = champion_scores(project, params, data, candidate.version)
-        if champion is not None and champion.problem:
-            decision = Decision(False, f"{champion.problem}; compare and promote by hand")
-        else:
-            decision = decide(trained.metrics, champion.metrics if champion else None, params.gates,
-                              champion.version if champion else None, trained.unavailable)
-        apply_decision(project, line, candidate.version, decision)
-    result = LineResult(line, data.md5, trained.metrics, candidate.version,
-                        "champion" if decision.promote else "challenger", decision.reason)
-    publish_report(result, registry.run_link(candidate.run_id), registry.uri)
-    return result
+        decision = decide(trained.metrics, champion.metrics if champion else None, params.gates,
+                          champion.version if champion else None, trained.unavailable)
+    lock.check()
+    apply_decision(project, params.name, candidate.version, decision)
+    return LineResult(params.name, data.md5, trained.metrics, candidate.version,
+                      "champion" if decision.promote else "challenger", decision.reason,
+                      run_id=candidate.run_id)
 
 
 def publish_report(result: LineResult, run_link: str, uri: str) -> None:
