@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -32,8 +33,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        # a KeyError's str() is its repr; the message reads better without the quotes
+        message = error.args[0] if isinstance(error, KeyError) and len(error.args) == 1 else error
+        print(f"error: {message}", file=sys.stderr)
         return 1
+
+
+def _line_name(text: str) -> str:
+    """argparse type of a product line argument: a bad name is a usage error, before any work."""
+    from .validation import check_line_name
+
+    try:
+        return check_line_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type of a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         title="data commands")
     add = data.add_parser("add", help="validate, version and push a product line's images",
                           description="Roles (train, validation, test) follow data.split in params.yaml.")
-    add.add_argument("line", help="product line name (letters, digits, '_', '-')")
+    add.add_argument("line", type=_line_name, help="product line name (letters, digits, '_', '-')")
     add.add_argument("path", type=Path, nargs="?", help="a folder in MVTec AD layout")
     add.add_argument("--normal", type=Path, help="folder of normal images (instead of PATH)")
     add.add_argument("--defects", type=Path, help="folder of defect images, flat or one folder per kind")
@@ -61,31 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_data_demo)
     check = data.add_parser("validate", help="check a folder without adding it")
     check.add_argument("path", type=Path)
-    check.add_argument("--min-train", type=int, help="default: data.min_train_images in params.yaml")
-    check.add_argument("--min-validation", type=int,
+    check.add_argument("--min-train", type=_at_least(0), help="default: data.min_train_images in params.yaml")
+    check.add_argument("--min-validation", type=_at_least(0),
                        help="default: data.min_validation_images in params.yaml")
     check.set_defaults(run=_data_validate)
     pull = data.add_parser("pull", help="materialise a line's data at a git revision")
-    pull.add_argument("line")
+    pull.add_argument("line", type=_line_name)
     pull.add_argument("--rev", help="git revision (default HEAD)")
     pull.set_defaults(run=_data_pull)
     diff = data.add_parser("diff", help="images added, removed, changed per role between two versions")
-    diff.add_argument("line")
+    diff.add_argument("line", type=_line_name)
     diff.add_argument("rev_a", help="git revision of the older version")
     diff.add_argument("rev_b", nargs="?", default="HEAD", help="git revision of the newer (default HEAD)")
     diff.set_defaults(run=_data_diff)
     retrain = commands.add_parser("retrain", help="retrain product lines (all in params.yaml by default)")
-    retrain.add_argument("lines", nargs="*", help="product lines (default: all)")
+    retrain.add_argument("lines", nargs="*", type=_line_name, help="product lines (default: all)")
     retrain.add_argument("--rev", help="git revision of the data (default HEAD)")
     retrain.add_argument("--dask-address", help="run the lines on this Dask scheduler (tcp://...)")
-    retrain.add_argument("--parallel", type=int, default=2, help="lines at once, locally (default 2)")
+    retrain.add_argument("--parallel", type=_at_least(1), default=2,
+                         help="lines at once, locally (default 2)")
     retrain.set_defaults(run=_retrain)
 
     tune = commands.add_parser("tune", help="choose a line's accuracy options on its validation split",
                                description="Scores a grid of options (channel reduction, aligned maps,"
                                " pooling, image score) on the line's validation images, logs it to MLflow"
                                " and writes the best into the line's params.yaml entry.")
-    tune.add_argument("line", help="product line name")
+    tune.add_argument("line", type=_line_name, help="product line name")
     tune.add_argument("--rev", help="git revision of the data (default HEAD)")
     tune.add_argument("--dry-run", action="store_true",
                       help="score and log the grid; leave params.yaml alone")
@@ -95,32 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     predict = commands.add_parser("predict", help="score images with a line's champion model")
-    predict.add_argument("line")
+    predict.add_argument("line", type=_line_name)
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
     predict.add_argument("--out", type=Path, required=True, help="folder for scores.csv and heatmaps")
     predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
-    predict.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    predict.add_argument("--batch-size", type=_at_least(1), default=8,
+                         help="images per model call (default 8)")
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser("export", help="export a line's model to ONNX or OpenVINO, checked against"
                                  " it")
-    export.add_argument("line")
+    export.add_argument("line", type=_line_name)
     export.add_argument("--format", dest="export_format", choices=FORMATS, required=True)
     export.add_argument("--alias", default="champion", help="registry alias (default champion)")
     export.add_argument("--out", type=Path, default=Path("exports"), help="folder for the export (default"
                         " exports/)")
-    export.add_argument("--input-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+    export.add_argument("--input-size", type=_at_least(1), nargs=2, metavar=("HEIGHT", "WIDTH"),
                         help="fixed input size (default the model's image size; the graph resizes)")
     export.set_defaults(run=_export)
 
     promote = commands.add_parser("promote", help="make a model version the line's champion")
-    promote.add_argument("line")
+    promote.add_argument("line", type=_line_name)
     promote.add_argument("version")
     promote.add_argument("--reason", default="promoted by hand")
     promote.set_defaults(run=_promote)
 
     rollback = commands.add_parser("rollback", help="give @champion back to the previous champion")
-    rollback.add_argument("line")
+    rollback.add_argument("line", type=_line_name)
     rollback.set_defaults(run=_rollback)
 
     schedule = commands.add_parser("schedule", help="serve the retrain flow on a cron schedule")
@@ -173,16 +203,31 @@ def _data_demo(args: argparse.Namespace) -> None:
 
 
 def _retrain(args: argparse.Namespace) -> int:
+    from .config import load_params
+    from .data import DataStore
     from .retrain import run_retrain
 
+    # what can be checked before Prefect starts: params.yaml, the lines named, the revision
+    path = args.root / "params.yaml"
+    known = load_params(path).lines
+    unknown = [line for line in args.lines if line not in known]
+    if unknown:
+        raise KeyError(f"product lines {unknown} are not in {path} (known: {sorted(known)})")
+    if not (args.lines or known):
+        raise ValueError(f"{path} lists no product lines: add one with 'padim-mlops data add'")
+    _check_revision(DataStore(args.root).root, args.rev)
     results = run_retrain(args.lines or None, args.rev, str(args.root.resolve()), args.dask_address,
                           args.parallel)
     return 1 if any(result.error for result in results) else 0
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from .config import load_params
+    from .data import DataStore
     from .tune import grid_table, tune_product_line
 
+    load_params(args.root / "params.yaml").line(args.line)  # before Prefect starts
+    _check_revision(DataStore(args.root).root, args.rev)
     result = tune_product_line(args.line, args.rev, str(args.root.resolve()), write=not args.dry_run)
     print(grid_table(result))
     where = "written to params.yaml" if result.written else "not written (--dry-run)"
@@ -310,6 +355,8 @@ def _data_diff(args: argparse.Namespace) -> None:
     from .roles import diff_versions
 
     store = DataStore(args.root)
+    _check_revision(store.root, args.rev_a)
+    _check_revision(store.root, args.rev_b)
     rows = diff_versions(store.file_digests(args.line, args.rev_a), store.file_digests(args.line, args.rev_b))
     columns = ("added", "removed", "changed", "moved")
     print(f"{args.line}: {args.rev_a} -> {args.rev_b}")
@@ -321,8 +368,23 @@ def _data_diff(args: argparse.Namespace) -> None:
 def _data_pull(args: argparse.Namespace) -> None:
     from .data import DataStore, summary
 
-    version = DataStore(args.root).pull(args.line, args.rev)
+    store = DataStore(args.root)
+    _check_revision(store.root, args.rev)
+    version = store.pull(args.line, args.rev)
     print(f"{summary(version)} at {version.path}")
+
+
+def _check_revision(root: Path, rev: str | None) -> None:
+    """A revision the user gave must name a commit of the project: refused by name otherwise."""
+    if rev is None:
+        return
+    if rev.startswith("-"):
+        raise ValueError(f"git revision {rev!r} starts with '-': give a commit, branch or tag")
+    command = ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"]
+    found = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    if found.returncode:
+        raise ValueError(f"git revision {rev!r} does not exist in {root}: give a commit, branch or tag"
+                         " (git log --oneline lists the commits)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ fall back to a default.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,13 @@ class ModelParams(_Strict):
     pooling_window: int = Field(3, ge=3)
     align_maps: bool = False
     channel_reduction: Literal["random_subset", "projection"] = "random_subset"
+
+    @field_validator("pooling_window")
+    @classmethod
+    def _odd_window(cls, window: int) -> int:
+        if window % 2 == 0:
+            raise ValueError(f"a window of positions has a centre only if odd: got {window}, use 3, 5, 7...")
+        return window
 
 
 class SplitParams(_Strict):
@@ -127,29 +135,125 @@ class ProjectParams(_Strict):
 
     def line_or_defaults(self, name: str) -> LineParams:
         """A configured line, or the defaults for a line params.yaml does not list yet."""
-        return self.lines.get(name) or LineParams(name=name, **self.defaults)
+        check_line_name(name)
+        return self.lines.get(name) or _line_params(name, self.defaults, "params.yaml", "defaults")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as params.yaml needs it: a key given twice is an error (PyYAML would keep the last one
+    silently), and ``1e-3`` is a number as in YAML 1.2 (PyYAML's YAML 1.1 reads it as a string)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' merges may be overridden by the mapping's own keys
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark, f"key {key!r} is given twice",
+                        key_node.start_mark)
+                seen[key] = key_node
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def load_params(path: str | Path = "params.yaml") -> ProjectParams:
+    """Read and check the whole of params.yaml: the defaults on their own, then every line with
+    them merged in. Any problem is a ValueError naming the file and the key (``defaults.model.
+    n_features``, ``lines.tiles.data.split``) with the value at fault."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
+        with path.open() as stream:  # a stream, so that YAML errors name the file
+            raw = yaml.load(stream, Loader=_Loader)  # noqa: S506  # a SafeLoader subclass
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: a project needs a params.yaml (see the README)") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read {path}: {error}") from error
-    unknown = sorted(set(raw) - {"defaults", "lines"})
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping with keys defaults and lines, got {_kind(raw)}")
+    unknown = sorted(map(str, set(raw) - {"defaults", "lines"}))
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {unknown} (expected defaults, lines)")
-    defaults = raw.get("defaults") or {}
+    defaults = _mapping(raw.get("defaults"), path, "defaults")
+    _line_params("defaults", defaults, path, "defaults")  # the defaults alone, even with no lines
     lines = {}
-    for name, overrides in (raw.get("lines") or {}).items():
-        merged = _deep_merge(defaults, overrides or {})
-        if "gates" in (overrides or {}):
-            merged["gates"] = overrides["gates"]  # a line's own gates are its whole policy
+    for name, value in _mapping(raw.get("lines"), path, "lines").items():
+        where = f"lines.{name}"
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: {where}: a product line name must be text, got {_kind(name)}")
         try:
-            lines[name] = LineParams(name=name, **merged)
-        except (ValidationError, TypeError) as error:
-            raise ValueError(f"{path}: product line {name!r}: {error}") from error
+            check_line_name(name)
+        except ValueError as error:
+            raise ValueError(f"{path}: {where}: {error}") from None
+        overrides = _mapping(value, path, where)
+        merged = _deep_merge(defaults, overrides)
+        if "gates" in overrides:
+            merged["gates"] = overrides["gates"]  # a line's own gates are its whole policy
+        lines[name] = _line_params(name, merged, path, where, f"product line {name!r}: ")
     return ProjectParams(defaults=defaults, lines=lines)
+
+
+def _mapping(value: object, path: str | Path, where: str) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: {where}: expected a mapping of settings, got {_kind(value)}")
+    return value
+
+
+def _line_params(name: str, settings: dict[str, Any], path: str | Path, where: str,
+                 prefix: str = "") -> LineParams:
+    """``settings`` checked strictly (YAML gives real ints, floats and booleans: ``"5"`` or ``1``
+    for a boolean is a mistake, not a value to convert); errors name ``where.<key>``."""
+    if "name" in settings:
+        msg = (f"{path}: {prefix}{where}.name: unknown key (a line's name is its key under lines:;"
+               f" allowed here: {_allowed(())})")
+        raise ValueError(msg)
+    try:
+        return LineParams.model_validate({**settings, "name": name}, strict=True)
+    except ValidationError as error:
+        problems = "; ".join(_problem(where, problem) for problem in error.errors())
+        raise ValueError(f"{path}: {prefix}{problems}") from None
+
+
+def _problem(where: str, problem: dict[str, Any]) -> str:
+    """One pydantic error as ``where.key.path: what is wrong (got value)``."""
+    location = tuple(problem["loc"])
+    key = ".".join([where, *map(str, location)])
+    if problem["type"] == "extra_forbidden":
+        return f"{key}: unknown key (allowed here: {_allowed(location[:-1])})"
+    message = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] in ("model_type", "dict_type"):
+        message = "expected a mapping of settings"
+    if problem["type"] == "value_error":
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {problem['input']!r})"
+
+
+def _allowed(location: tuple[Any, ...]) -> str:
+    """The keys the settings model at ``location`` accepts."""
+    model: Any = LineParams
+    for part in location:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return "see params.yaml"
+    return ", ".join(name for name in model.model_fields if not (model is LineParams and name == "name"))
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, (dict, list)):
+        return type(value).__name__
+    return f"{type(value).__name__} {value!r}"
 
 
 def register_line(path: str | Path, name: str) -> bool:
@@ -160,6 +264,8 @@ def register_line(path: str | Path, name: str) -> bool:
     path = Path(path)
     round_trip = YAML()
     document = round_trip.load(path.read_text())
+    if document is None:  # an empty params.yaml: every setting at its default, no lines yet
+        document = {}
     if document.get("lines") is None:
         document["lines"] = {}
     if name in document["lines"]:
