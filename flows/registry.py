@@ -46,6 +46,8 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 TUNING_TABLE = "tuning/grid.json"
 LOCK_TTL_S = 120.0  # a lock not renewed for this long was abandoned (its holder died elsewhere)
 LOCK_POLL_S = 0.5
+_HELD_HERE: set[str] = set()  # lock generations this process holds now (any thread)
+_CLAIMING = threading.Lock()  # makes creating a lock and noting it in _HELD_HERE one step
 log = logging.getLogger(__name__)
 
 
@@ -291,6 +293,10 @@ def _open_sqlite_store(uri: str) -> None:
         client.search_registered_models(max_results=1)
 
 
+class LockTimeoutError(RuntimeError):
+    """Waited longer than asked for a line's lock; the message names its holder."""
+
+
 class LockLostError(RuntimeError):
     """The holder of a line's lock was presumed dead and its turn was taken over."""
 
@@ -330,7 +336,7 @@ class LineLock:
             generations = self._generations()
             newest = max(generations, default=0)
             holder = generations.get(newest)
-            if holder is None or self._free(holder):
+            if holder is None or self._free(self._name(newest), holder):
                 if self._claim(newest + 1):
                     break
                 continue
@@ -340,7 +346,7 @@ class LineLock:
             if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
                 msg = (f"{self.line}: gave up after {self.timeout_s:g} s waiting for the line's lock,"
                        f" held by {_describe(holder)}")
-                raise TimeoutError(msg)
+                raise LockTimeoutError(msg)
             time.sleep(LOCK_POLL_S)
         for older in (g for g in generations if g < self.generation):
             self._delete(older)
@@ -360,6 +366,7 @@ class LineLock:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
+        _HELD_HERE.discard(self._name(self.generation))
         try:
             self.client.set_registered_model_tag(self._name(self.generation), f"{TAG}lock.released", _now())
         except MlflowException as error:  # the next writer will see the lease expire instead
@@ -369,26 +376,37 @@ class LineLock:
         """Create lock ``generation``; True if it is ours and still the newest."""
         tags = {f"{TAG}lock.host": socket.gethostname(), f"{TAG}lock.pid": str(os.getpid()),
                 f"{TAG}lock.purpose": self.purpose, f"{TAG}lock.since": _now(), f"{TAG}lock.renewed": _now()}
-        try:
-            description = f"lock of {model_name(self.line)}: {self.purpose}"
-            self.client.create_registered_model(self._name(generation), tags=tags, description=description)
-        except MlflowException as error:
-            if error.error_code == "RESOURCE_ALREADY_EXISTS":
-                return False
-            raise
+        name = self._name(generation)
+        with _CLAIMING:  # another thread must not see it created yet not held here
+            try:
+                description = f"lock of {model_name(self.line)}: {self.purpose}"
+                self.client.create_registered_model(name, tags=tags, description=description)
+            except MlflowException as error:
+                if error.error_code == "RESOURCE_ALREADY_EXISTS":
+                    return False
+                raise
+            _HELD_HERE.add(name)
         if max(self._generations(), default=0) != generation:  # created below a newer one: stale
+            _HELD_HERE.discard(name)
             self._delete(generation)
             return False
         self.generation = generation
         return True
 
-    def _free(self, holder: dict[str, str]) -> bool:
+    def _free(self, name: str, holder: dict[str, str]) -> bool:
+        """Released, unrenewed, or left by a process of this host that is gone or (its release
+        having failed, say while MLflow was unreachable) is this one and no longer holds it."""
         if f"{TAG}lock.released" in holder:
             return True
         if time.time() - float(holder.get(f"{TAG}lock.renewed", 0)) > self.ttl_s:
             return True
-        same_host = holder.get(f"{TAG}lock.host") == socket.gethostname()
-        return same_host and not _alive(holder.get(f"{TAG}lock.pid"))
+        if holder.get(f"{TAG}lock.host") != socket.gethostname():
+            return False
+        pid = holder.get(f"{TAG}lock.pid")
+        if pid != str(os.getpid()):
+            return not _alive(pid)
+        with _CLAIMING:
+            return name not in _HELD_HERE
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 6):

@@ -1,4 +1,5 @@
-"""``mlflow models serve`` as a subprocess on 127.0.0.1, shared by the REST test and bench/serving.py."""
+"""MLflow servers as subprocesses on 127.0.0.1: ``mlflow models serve`` (the REST test and
+bench/serving.py) and ``mlflow server`` (tests against a tracking server)."""
 
 from __future__ import annotations
 
@@ -24,24 +25,44 @@ def free_port() -> int:
 def mlflow_server(model_uri: str, tracking_uri: str, log: Path, startup_s: float = 240) -> Iterator[str]:
     """Serve ``model_uri`` (``--env-manager local``) and yield its base URL; the server's output
     goes to ``log``, whose tail is in the error if it dies or does not answer in ``startup_s``."""
-    bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               MLFLOW_TRACKING_URI=tracking_uri)
     port = free_port()
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]
+    command = ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
+               "-p", str(port)]
+    with _serving(command, port, "/ping", log, startup_s, MLFLOW_TRACKING_URI=tracking_uri) as url:
+        yield url
+
+
+@contextmanager
+def tracking_server(backend_uri: str, artifacts: Path, log: Path, port: int | None = None,
+                    startup_s: float = 240) -> Iterator[str]:
+    """``mlflow server`` (tracking and registry, artifacts proxied from ``artifacts``) on 127.0.0.1;
+    yields its URL. A restart on the same ``port`` and stores is the same server to its clients."""
+    port = port or free_port()
+    command = ["server", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with _serving(command, port, "/health", log, startup_s) as url:
+        yield url
+
+
+@contextmanager
+def _serving(mlflow_args: list[str], port: int, health: str, log: Path, startup_s: float,
+             **env: str) -> Iterator[str]:
+    """Run ``mlflow *mlflow_args`` in its own process group until the block ends; yield its URL
+    once ``health`` answers."""
+    bin_dir = Path(sys.executable).parent
+    environment = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env)
     with log.open("w") as output:
-        server = subprocess.Popen(command, env=env, start_new_session=True, stdout=output,
-                                  stderr=subprocess.STDOUT)
+        server = subprocess.Popen([str(bin_dir / "mlflow"), *mlflow_args], env=environment,
+                                  start_new_session=True, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
         while True:
             if server.poll() is not None or time.monotonic() > deadline:
                 state = f"exited with {server.returncode}" if server.returncode is not None else "no answer"
-                raise RuntimeError(f"mlflow models serve {state}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"mlflow {mlflow_args[0]} {state}:\n{log.read_text()[-3000:]}")
             try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                urllib.request.urlopen(f"{url}{health}", timeout=2)
                 break
             except OSError:
                 time.sleep(1)

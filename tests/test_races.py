@@ -12,15 +12,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flows.cli import main
-from flows.registry import LineLock, LockLostError, Registry, model_name
+from flows.registry import LineLock, LockLostError, LockTimeoutError, Registry, model_name
 
 from .conftest import write_mvtec_folder
 from .projects import init_project
+from .serving import tracking_server
 
 PARAMS = """\
 defaults:
@@ -38,6 +40,18 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _local_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The project's SQLite file, or an ``mlflow server`` that two machines would share."""
+    if request.param == "sqlite":
+        yield request.param
+        return
+    with tracking_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts",
+                         tmp_path / "server.log") as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # the children inherit it
+        yield request.param
 
 
 @pytest.fixture
@@ -68,7 +82,7 @@ def lock_models(registry: Registry, line: str) -> list[str]:
     return [model.name for model in found]
 
 
-def test_two_retrains_at_once_give_one_version_and_one_decision(project: Path) -> None:
+def test_two_retrains_at_once_give_one_version_and_one_decision(project: Path, store: str) -> None:
     first = padim_mlops("--root", str(project), "retrain", "alpha")
     time.sleep(1)  # a second apart, as in the report
     second = padim_mlops("--root", str(project), "retrain", "alpha")
@@ -122,7 +136,7 @@ def test_a_lock_whose_holder_was_killed_is_taken_over_at_once(project: Path) -> 
 
 def test_a_live_holder_makes_others_wait_and_names_itself_when_they_give_up(project: Path) -> None:
     with Registry(project).line_lock("alpha", "retrain alpha by hand"):
-        with pytest.raises(TimeoutError, match=r"held by retrain alpha by hand \(host .*, pid "):
+        with pytest.raises(LockTimeoutError, match=r"held by retrain alpha by hand \(host .*, pid "):
             Registry(project).line_lock("alpha", "cron", timeout_s=1).acquire()
 
 
