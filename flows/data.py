@@ -3,24 +3,37 @@
 Each line is its own DVC-tracked folder ``data/<line>`` with pointer ``data/<line>.dvc``, so lines
 version independently; a version is the DVC md5 of the folder, and a git commit of the pointer
 makes it reachable by revision. ``pull`` materialises exactly the version a revision names into a
-read-only snapshot keyed by that md5, so flows on different revisions never step on each other.
+snapshot keyed by that md5, so flows on different revisions never step on each other.
+
+Faults: ``add`` commits a pointer only once the remote holds its objects and journals what it
+changes, so a killed add is undone (or finished) by the next ``DataStore``; ``pull`` checks every
+file's md5 against the version's DVC listing before its snapshot appears (one rename), so a corrupt
+or missing object, a full disk or a killed pull never leaves a snapshot that would be used.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from .folders import swapped_in
+from .folders import backup_of, put_back, set_aside
 from .validation import check_line_name, describe, validate_line
 
 SNAPSHOTS = Path(".padim") / "data"
+JOURNALS = Path(".padim") / "adding"  # <line>.json: the state an unfinished add started from; <line>.lock
 
 
 class DataVersionError(RuntimeError):
@@ -42,8 +55,10 @@ class DataStore:
 
     def __init__(self, root: str | Path = ".") -> None:
         self.root = Path(root).resolve()
+        self._holding: set[str] = set()  # lines whose lock this store holds (staging, then add)
         if not (self.root / ".dvc").is_dir():
             raise DataVersionError(f"{self.root} is not a DVC repository (no .dvc/): run 'dvc init'")
+        self._recover_interrupted_adds()
 
     @classmethod
     def init(cls, root: str | Path, remote_url: str) -> DataStore:
@@ -78,17 +93,33 @@ class DataStore:
     ) -> DataVersion:
         """Make ``staged`` (MVTec layout) the new version of ``line``: validate, dvc add, push, commit.
 
-        The previous folder is kept aside until the new version is safely in the DVC cache, and put
-        back if anything fails before that.
+        Git, the DVC cache and the remote hold the old version or the new one, never a mix, even if
+        the process is killed: the pointer is committed only once the remote holds every object it
+        names. Until then the previous folder waits aside and a journal records the old pointer, so
+        that an interrupted add is undone (or, if its commit was made, finished) by the next
+        ``DataStore`` opened on this project, or by a failure here.
         """
         validate_line(staged, min_train_images, min_validation_images)
-        target = self.line_dir(line)
+        target, pointer = self.line_dir(line), self.pointer(line)
         target.parent.mkdir(exist_ok=True)
-        with swapped_in(staged, target):
-            self._dvc("add", [str(target)])
-        self._dvc("push", [str(self.pointer(line))])
-        if commit:
-            self._commit(line, also_commit)
+        with self._adding(line) as journal:
+            old = {"pointer": pointer.read_text() if pointer.is_file() else None,
+                   "ignored": self._ignored(line), "folder": target.exists(), "commit": commit,
+                   "also": [str(path) for path in also_commit]}
+            _write_atomically(journal, json.dumps(old))
+            try:
+                set_aside(target)
+                shutil.move(str(staged), target)
+                self._dvc("add", [str(target)])
+                self._dvc("push", [str(pointer)])
+                if commit:
+                    self._commit(line, also_commit)
+            except BaseException:
+                self._settle(line, old)
+                journal.unlink()
+                raise
+            journal.unlink()
+            shutil.rmtree(backup_of(target), ignore_errors=True)
         rev = self._git("rev-parse", "HEAD") if commit else None
         return DataVersion(line, target, self.md5(line), rev)
 
@@ -105,29 +136,162 @@ class DataStore:
             except DataVersionError as error:
                 msg = f"product line {line!r} has no data at revision {rev!r}: {error}"
                 raise DataVersionError(msg) from None
-        return yaml.safe_load(text)["outs"][0]["md5"]
+        return _pointer_md5(text)
 
     def pull(self, line: str, rev: str | None = None) -> DataVersion:
-        """Materialise the version of ``line`` at ``rev`` (default HEAD) and return it with its md5."""
-        rev = self._git("rev-parse", "--verify", f"{rev or 'HEAD'}^{{commit}}")
+        """Materialise the version of ``line`` at ``rev`` (default HEAD) and return it with its md5.
+
+        Every file is checked against the version's DVC listing (md5 per path) before the snapshot
+        appears, by one rename, under ``.padim/data/<line>/<md5>``: a corrupt or missing object,
+        in the cache or the remote, a full disk or a killed process never leaves a snapshot that a
+        later pull would use. Concurrent pulls of one version make it once.
+        """
+        rev = self.commit_of(rev or "HEAD")
         md5 = self.md5(line, rev)
-        snapshot = self.root / SNAPSHOTS / line / md5.removesuffix(".dir")
+        name = md5.removesuffix(".dir")
+        snapshot = self.root / SNAPSHOTS / line / name
         if snapshot.is_dir():
             return DataVersion(line, snapshot, md5, rev)
+        where = f"cannot pull product line {line!r} at revision {rev[:12]} (version {md5})"
+        try:
+            snapshot.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(snapshot.parent / f".{name}.lock"):
+                if not snapshot.is_dir():  # else a concurrent pull made it while this one waited
+                    for stale in snapshot.parent.glob(f".partial-{name}-*"):  # left by killed pulls
+                        shutil.rmtree(stale, ignore_errors=True)
+                    partial = Path(tempfile.mkdtemp(prefix=f".partial-{name}-", dir=snapshot.parent))
+                    try:
+                        self._materialise(line, rev, md5, partial / "data")
+                        os.rename(partial / "data", snapshot)
+                    finally:
+                        shutil.rmtree(partial, ignore_errors=True)
+        except DataVersionError as error:
+            raise DataVersionError(f"{where}: {error}") from error.__cause__
+        except Exception as error:
+            raise DataVersionError(f"{where}: {_no_space(error) or error}") from error
+        return DataVersion(line, snapshot, md5, rev)
+
+    def _materialise(self, line: str, rev: str, md5: str, out: Path) -> None:
+        """Copy the version into ``out`` and check every file against the version's listing."""
         from dvc.api import DVCFileSystem
 
-        snapshot.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=snapshot.parent))
+        fs = DVCFileSystem(str(self.root), rev=rev)
         try:
-            fs = DVCFileSystem(str(self.root), rev=rev)
-            fs.get(f"data/{line}", str(partial / "data"), recursive=True)
-            os.rename(partial / "data", snapshot)
+            expected = self._listing(fs, line, md5)
+        except DataVersionError:
+            raise
         except Exception as error:
-            msg = f"cannot pull product line {line!r} at revision {rev[:12]} (version {md5}): {error}"
+            if _no_space(error):
+                raise
+            msg = (f"the version's DVC listing (.dir object) is in neither the DVC cache nor the remote"
+                   f"{self._remote_problem()} ({error})")
             raise DataVersionError(msg) from error
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        return DataVersion(line, snapshot, md5, rev)
+        try:
+            fs.get(f"data/{line}", str(out), recursive=True)
+        except Exception as error:
+            if _no_space(error):
+                raise
+            self._fetch_one_by_one(fs, line, expected, out, error)
+        self._verify(expected, out)
+
+    def _listing(self, fs: Any, line: str, md5: str) -> dict[str, str]:
+        """{path within the line: md5} from the version's DVC ``.dir`` object, itself checked
+        against ``md5`` (the listing's own hash, as DVC computes it)."""
+        from dvc_data.hashfile.hash_info import HashInfo
+        from dvc_data.hashfile.meta import Meta
+        from dvc_data.hashfile.tree import Tree
+
+        prefix = f"data/{line}/"
+        found = fs.find(prefix.rstrip("/"), detail=True)
+        expected = {path.removeprefix(prefix): info["md5"] for path, info in found.items()}
+        tree = Tree()
+        for relpath, digest in expected.items():
+            tree.add(tuple(relpath.split("/")), Meta(), HashInfo("md5", digest))
+        tree.digest()
+        if tree.hash_info.value != md5:
+            msg = f"the DVC listing of the version is corrupt (its md5 is {tree.hash_info.value})"
+            raise DataVersionError(msg)
+        return expected
+
+    def _fetch_one_by_one(self, fs: Any, line: str, expected: dict[str, str], out: Path,
+                          error: Exception) -> None:
+        """After a failed bulk copy: fetch what is still missing file by file, and name the files
+        that neither the cache nor the remote can give."""
+        unavailable = []
+        for relpath in expected:
+            path = out / relpath
+            if path.is_file():
+                continue  # a copy cut short is caught by the md5 check
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fs.get_file(f"data/{line}/{relpath}", str(path))
+            except Exception as file_error:
+                if _no_space(file_error):
+                    raise
+                unavailable.append(relpath)
+        if unavailable:
+            msg = (f"{len(unavailable)} file(s) in neither the DVC cache nor the remote: "
+                   f"{_shown(unavailable)}{self._remote_problem()} ({error})")
+            raise DataVersionError(msg) from error
+
+    def _verify(self, expected: dict[str, str], out: Path) -> None:
+        """Every listed file is there with its md5 and nothing else is; a corrupt copy in the DVC
+        cache is removed from it, so that a retry fetches the file from the remote again."""
+        problems = []
+        present = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
+        for relpath, digest in expected.items():
+            if relpath not in present:
+                problems.append(f"{relpath}: missing")
+                continue
+            actual = _file_md5(out / relpath)
+            if actual != digest:
+                problems.append(f"{relpath}: corrupt in the DVC cache or remote (md5 {actual}, not {digest})")
+                self._drop_corrupt_cache_object(digest)
+        problems += [f"{extra}: not in the version's listing" for extra in sorted(present - expected.keys())]
+        if problems:
+            msg = f"{len(problems)} file(s) do not match the DVC listing: {_shown(problems)}"
+            raise DataVersionError(msg)
+
+    def _drop_corrupt_cache_object(self, digest: str) -> None:
+        from dvc.repo import Repo
+
+        with Repo(str(self.root)) as repo:
+            cached = Path(repo.cache.local.oid_to_path(digest))
+        if cached.is_file() and _file_md5(cached) != digest:
+            cached.unlink()
+
+    def _remote_problem(self) -> str:
+        """'; the DVC remote ... is unreachable: why' when it is, else ''."""
+        from dvc.repo import Repo
+
+        try:
+            with Repo(str(self.root)) as repo:
+                remote = repo.cloud.get_remote()
+                if not remote.fs.exists(remote.path):
+                    return f"; the DVC remote {remote.path} is unreachable: it does not exist"
+                remote.fs.ls(remote.path)
+        except Exception as error:
+            return f"; the DVC remote is unreachable: {error}"
+        return ""
+
+    def commit_of(self, rev: str) -> str:
+        """The commit ``rev`` names; a DataVersionError naming it if there is none (or it looks
+        like an option, which git would take as one)."""
+        if rev.startswith("-"):
+            raise DataVersionError(f"git revision {rev!r} starts with '-': give a commit, branch or tag")
+        try:
+            return self._git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
+        except DataVersionError:
+            msg = (f"git revision {rev!r} does not exist in {self.root}: give a commit, branch or tag"
+                   " (git log --oneline lists the commits)")
+            raise DataVersionError(msg) from None
+
+    def committed_text(self, path: Path) -> str | None:
+        """A file's text in the commit HEAD names, None if it is not in it."""
+        try:
+            return self._git("show", f"HEAD:{path.resolve().relative_to(self.root).as_posix()}")
+        except DataVersionError:
+            return None
 
     def file_digests(self, line: str, rev: str | None = None) -> dict[str, str]:
         """{path within the line: md5 of its content} of the version at ``rev``, for diffs."""
@@ -143,6 +307,96 @@ class DataStore:
             return sorted(p.stem for p in (self.root / "data").glob("*.dvc"))
         listing = self._git("ls-tree", "--name-only", f"{rev}:data")
         return sorted(name.removesuffix(".dvc") for name in listing.splitlines() if name.endswith(".dvc"))
+
+    @contextmanager
+    def staging(self, line: str) -> Iterator[Path]:
+        """A scratch folder ``data/.staging-<line>-*`` to build the next version of ``line`` in,
+        removed afterwards. The line's lock is held until the block ends (pass the folder's
+        content to ``add`` within it), so the scratch folders of killed adds are removed here."""
+        with self._adding(line):
+            (self.root / "data").mkdir(exist_ok=True)
+            for stale in (self.root / "data").glob(f".staging-{line}-{'?' * 8}"):  # mkdtemp: 8 characters
+                shutil.rmtree(stale, ignore_errors=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f".staging-{line}-", dir=self.root / "data"))
+            try:
+                yield scratch
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    @contextmanager
+    def _adding(self, line: str) -> Iterator[Path]:
+        """Hold the line's lock (one add at a time); an add that died before finishing is undone
+        or finished first. Yields the journal's path."""
+        journal = self.root / JOURNALS / f"{line}.json"
+        if line in self._holding:
+            yield journal
+            return
+        with _locked(journal.with_suffix(".lock")):
+            self._holding.add(line)
+            try:
+                if journal.is_file():
+                    self._recover(line, journal)
+                yield journal
+            finally:
+                self._holding.discard(line)
+
+    def _recover_interrupted_adds(self) -> None:
+        """Undo or finish the adds whose process died (their journal is left and nobody holds
+        their lock); an add still running is left alone."""
+        folder = self.root / JOURNALS
+        for journal in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            with _locked(journal.with_suffix(".lock"), wait=False) as mine:
+                if mine and journal.is_file():
+                    self._recover(journal.stem, journal)
+
+    def _recover(self, line: str, journal: Path) -> None:
+        self._settle(line, json.loads(journal.read_text()))
+        journal.unlink()
+
+    def _settle(self, line: str, old: dict[str, Any]) -> None:
+        """An add stopped half-way: finish it if its commit was made, else undo it."""
+        if old["commit"] and self._committed_since(line, old["pointer"]):
+            shutil.rmtree(backup_of(self.line_dir(line)), ignore_errors=True)  # only the cleanup was left
+        else:
+            self._undo(line, old)
+
+    def _committed_since(self, line: str, old_pointer: str | None) -> bool:
+        """Whether HEAD holds the workspace's pointer and it is not the one the add started from."""
+        if not self.pointer(line).is_file():
+            return False
+        new = self.md5(line)
+        try:
+            committed = self.md5(line, "HEAD")
+        except DataVersionError:
+            return False
+        return committed == new and (old_pointer is None or _pointer_md5(old_pointer) != new)
+
+    def _undo(self, line: str, old: dict[str, Any]) -> None:
+        """Back to the state the add started from: pointer, index, .gitignore entry and folder.
+        Every step can be repeated, should the undo itself be interrupted."""
+        pointer, gitignore = self.pointer(line), self.root / "data" / ".gitignore"
+        if old["pointer"] is None:
+            pointer.unlink(missing_ok=True)
+        else:
+            _write_atomically(pointer, old["pointer"])
+        if not old["ignored"] and gitignore.is_file():
+            kept = [entry for entry in gitignore.read_text().splitlines() if entry != f"/{line}"]
+            if kept:
+                _write_atomically(gitignore, "".join(f"{entry}\n" for entry in kept))
+            else:
+                gitignore.unlink()
+        # dvc add stages the pointer (core.autostage), and the commit's git add stages them all
+        staged = [str(path.relative_to(self.root)) for path in (pointer, gitignore)] + old.get("also", [])
+        self._git("reset", "--quiet", "--", *staged)
+        target = self.line_dir(line)
+        if backup_of(target).exists():
+            put_back(target)
+        elif not old["folder"]:
+            shutil.rmtree(target, ignore_errors=True)
+
+    def _ignored(self, line: str) -> bool:
+        gitignore = self.root / "data" / ".gitignore"
+        return gitignore.is_file() and f"/{line}" in gitignore.read_text().splitlines()
 
     def _commit(self, line: str, also: tuple[Path, ...]) -> None:
         paths = [str(self.pointer(line).relative_to(self.root)), "data/.gitignore", *map(str, also)]
@@ -173,6 +427,55 @@ class DataStore:
                 getattr(repo, command)(targets)
         except DvcException as error:
             raise DataVersionError(f"dvc {command} {' '.join(targets)} failed: {error}") from error
+
+
+@contextmanager
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on ``path`` (created if need be), released when the block ends or the
+    process dies, even by SIGKILL; with ``wait`` False, yields False at once if it is taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.write_text(text)
+    os.replace(scratch, path)
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pointer_md5(text: str) -> str:
+    return yaml.safe_load(text)["outs"][0]["md5"]
+
+
+def _shown(items: list[str], most: int = 5) -> str:
+    return "; ".join(items[:most]) + (f"; and {len(items) - most} more" if len(items) > most else "")
+
+
+def _no_space(error: BaseException | None) -> str:
+    """'no space left on device (...)' if ``error`` or one of its causes is ENOSPC, else ''."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return f"no space left on device ({error})"
+        error = error.__cause__ or error.__context__
+    return ""
 
 
 def summary(version: DataVersion) -> str:
