@@ -256,6 +256,13 @@ def _kind(value: object) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def lists_line(text: str | None, name: str) -> bool:
+    """Whether params.yaml's ``text`` (None: no file) has an entry for line ``name``."""
+    document = yaml.safe_load(text or "")
+    lines = document.get("lines") if isinstance(document, dict) else None
+    return isinstance(lines, dict) and name in lines
+
+
 def register_line(path: str | Path, name: str) -> bool:
     """Add ``lines.<name>: {}`` to params.yaml, keeping its comments; False if already there."""
     from ruamel.yaml import YAML

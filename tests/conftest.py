@@ -14,7 +14,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="padim-tests-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
+# MLflow and Prefect attach log handlers to the sys.stderr of the moment they are first imported
+# (Prefect lazily: its logging is set up with prefect.main): import them before any test's capsys
+# swaps sys.stderr, since a handler left on a closed capture breaks every later log record.
+import mlflow  # noqa: F401
 import numpy as np
+import prefect.main  # noqa: F401
 import pytest
 from PIL import Image
 
