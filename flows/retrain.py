@@ -3,8 +3,9 @@
     retrain_product_line(line, rev)   pull -> validate -> fit + evaluate -> register -> gate
     retrain(lines, rev)               every line in parallel; one failure does not stop the rest
 
-Fitting is cached on (data md5, line params, code version): re-running on unchanged inputs reuses
-the fitted model and its registered version instead of refitting, and leaves the champion alone.
+A fit is known by its cache key (data md5, line params, code version): a rerun on unchanged inputs
+finds the registered version before fitting and leaves the champion alone; a fit whose process
+died before registering is found in Prefect's result cache instead of being refitted.
 """
 
 from __future__ import annotations
