@@ -311,13 +311,14 @@ def _add_line(root: Path, line: str, stage: Callable[[Path], StagingReport], dat
     """
     from .config import lists_line, register_line
     from .data import DataStore, summary
+    from .folders import write_atomically
     from .validation import DataValidationError, check_line_name
 
     check_line_name(line)
     store = DataStore(root)
     params = store.root / "params.yaml"
-    original_params = params.read_text()
-    with store.staging(line) as scratch:  # the line's turn: one add at a time, killed ones undone first
+    with store.staging(line) as scratch:  # the project's add turn: one at a time, killed ones undone first
+        original_params = params.read_text()
         sources = {str(scratch / line): f"new version of {line}"}
         try:
             report = stage(scratch / line)
@@ -327,11 +328,11 @@ def _add_line(root: Path, line: str, stage: Callable[[Path], StagingReport], dat
             version = store.add(line, scratch / line, min_train_images=data.min_train_images,
                                 min_validation_images=data.min_validation_images, commit=commit,
                                 also_commit=(params,) if registered else ())
-        except DataValidationError as error:
-            params.write_text(original_params)
-            raise error.renamed(sources) from None
-        except BaseException:
-            params.write_text(original_params)
+        except BaseException as error:
+            if not lists_line(store.committed_text(params), line):  # else the commit was made
+                write_atomically(params, original_params)
+            if isinstance(error, DataValidationError):
+                raise error.renamed(sources) from None
             raise
     print(f"{report.summary()}\nnow {summary(version)}")
 

@@ -6,6 +6,7 @@ fall back to a default.
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .folders import write_atomically
 from .validation import check_line_name
 
 # Every metric flows.evaluate logs (test split, at the validation threshold): gates may name any.
@@ -278,8 +280,9 @@ def register_line(path: str | Path, name: str) -> bool:
     if name in document["lines"]:
         return False
     document["lines"][name] = {}
-    with path.open("w") as stream:
-        round_trip.dump(document, stream)
+    text = io.StringIO()
+    round_trip.dump(document, text)
+    write_atomically(path, text.getvalue())  # another command may be reading params.yaml now
     return True
 
 

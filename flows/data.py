@@ -14,7 +14,6 @@ or missing object, a full disk or a killed pull never leaves a snapshot that wou
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -29,11 +28,11 @@ from typing import Any
 
 import yaml
 
-from .folders import backup_of, put_back, set_aside
+from .folders import backup_of, locked, put_back, set_aside, write_atomically
 from .validation import check_line_name, describe, validate_line
 
 SNAPSHOTS = Path(".padim") / "data"
-JOURNALS = Path(".padim") / "adding"  # <line>.json: the state an unfinished add started from; <line>.lock
+JOURNALS = Path(".padim") / "adding"  # <line>.json: the state an unfinished add started from; add.lock
 
 
 class DataVersionError(RuntimeError):
@@ -55,7 +54,7 @@ class DataStore:
 
     def __init__(self, root: str | Path = ".") -> None:
         self.root = Path(root).resolve()
-        self._holding: set[str] = set()  # lines whose lock this store holds (staging, then add)
+        self._holding = False  # whether this store holds the add lock (staging, then add)
         if not (self.root / ".dvc").is_dir():
             raise DataVersionError(f"{self.root} is not a DVC repository (no .dvc/): run 'dvc init'")
         self._recover_interrupted_adds()
@@ -103,10 +102,12 @@ class DataStore:
         target, pointer = self.line_dir(line), self.pointer(line)
         target.parent.mkdir(exist_ok=True)
         with self._adding(line) as journal:
+            # a backup left by an add whose last cleanup was cut short is not this add's to restore
+            shutil.rmtree(backup_of(target), ignore_errors=True)
             old = {"pointer": pointer.read_text() if pointer.is_file() else None,
                    "ignored": self._ignored(line), "folder": target.exists(), "commit": commit,
                    "also": [str(path) for path in also_commit]}
-            _write_atomically(journal, json.dumps(old))
+            write_atomically(journal, json.dumps(old))
             try:
                 set_aside(target)
                 shutil.move(str(staged), target)
@@ -155,7 +156,7 @@ class DataStore:
         where = f"cannot pull product line {line!r} at revision {rev[:12]} (version {md5})"
         try:
             snapshot.parent.mkdir(parents=True, exist_ok=True)
-            with _locked(snapshot.parent / f".{name}.lock"):
+            with locked(snapshot.parent / f".{name}.lock"):
                 if not snapshot.is_dir():  # else a concurrent pull made it while this one waited
                     for stale in snapshot.parent.glob(f".partial-{name}-*"):  # left by killed pulls
                         shutil.rmtree(stale, ignore_errors=True)
@@ -325,29 +326,32 @@ class DataStore:
 
     @contextmanager
     def _adding(self, line: str) -> Iterator[Path]:
-        """Hold the line's lock (one add at a time); an add that died before finishing is undone
-        or finished first. Yields the journal's path."""
+        """Hold the project's add lock (one add at a time: lines share params.yaml, data/.gitignore
+        and the git index); adds that died before finishing are undone or finished first. Yields
+        the line's journal path."""
         journal = self.root / JOURNALS / f"{line}.json"
-        if line in self._holding:
+        if self._holding:  # re-entered: staging, then add
             yield journal
             return
-        with _locked(journal.with_suffix(".lock")):
-            self._holding.add(line)
+        with locked(self.root / JOURNALS / "add.lock"):
+            self._holding = True
             try:
-                if journal.is_file():
-                    self._recover(line, journal)
+                self._recover_journals()
                 yield journal
             finally:
-                self._holding.discard(line)
+                self._holding = False
 
     def _recover_interrupted_adds(self) -> None:
-        """Undo or finish the adds whose process died (their journal is left and nobody holds
-        their lock); an add still running is left alone."""
-        folder = self.root / JOURNALS
-        for journal in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            with _locked(journal.with_suffix(".lock"), wait=False) as mine:
-                if mine and journal.is_file():
-                    self._recover(journal.stem, journal)
+        """Undo or finish the adds whose process died (a journal is left and nobody holds the add
+        lock); while an add is running, it is left alone."""
+        if (self.root / JOURNALS).is_dir():
+            with locked(self.root / JOURNALS / "add.lock", wait=False) as mine:
+                if mine:
+                    self._recover_journals()
+
+    def _recover_journals(self) -> None:
+        for journal in sorted((self.root / JOURNALS).glob("*.json")):
+            self._recover(journal.stem, journal)
 
     def _recover(self, line: str, journal: Path) -> None:
         self._settle(line, json.loads(journal.read_text()))
@@ -378,11 +382,11 @@ class DataStore:
         if old["pointer"] is None:
             pointer.unlink(missing_ok=True)
         else:
-            _write_atomically(pointer, old["pointer"])
+            write_atomically(pointer, old["pointer"])
         if not old["ignored"] and gitignore.is_file():
             kept = [entry for entry in gitignore.read_text().splitlines() if entry != f"/{line}"]
             if kept:
-                _write_atomically(gitignore, "".join(f"{entry}\n" for entry in kept))
+                write_atomically(gitignore, "".join(f"{entry}\n" for entry in kept))
             else:
                 gitignore.unlink()
         # dvc add stages the pointer (core.autostage), and the commit's git add stages them all
@@ -427,30 +431,6 @@ class DataStore:
                 getattr(repo, command)(targets)
         except DvcException as error:
             raise DataVersionError(f"dvc {command} {' '.join(targets)} failed: {error}") from error
-
-
-@contextmanager
-def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
-    """An exclusive lock on ``path`` (created if need be), released when the block ends or the
-    process dies, even by SIGKILL; with ``wait`` False, yields False at once if it is taken."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(descriptor)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    scratch.write_text(text)
-    os.replace(scratch, path)
 
 
 def _file_md5(path: Path) -> str:

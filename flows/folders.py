@@ -1,12 +1,23 @@
-"""Put a new folder in place of an old one without ever leaving neither: the one filesystem step
-shared by data versions (flows.data) and exports (flows.export)."""
+"""Filesystem steps shared by data versions (flows.data), exports (flows.export) and the registry:
+put a new folder in place of an old one without ever leaving neither, replace a file's text so that
+readers see the old text or the new, never part of it, and lock a file."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path``'s text in one rename: a concurrent reader sees the old text or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.write_text(text)
+    os.replace(scratch, path)
 
 
 def backup_of(target: Path) -> Path:
@@ -49,3 +60,20 @@ def swapped_in(new: Path, target: Path) -> Iterator[Path]:
         raise
     if backup.exists():
         shutil.rmtree(backup)
+
+
+@contextmanager
+def locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on ``path`` (created if need be), released when the block ends or the
+    process dies, even by SIGKILL; with ``wait`` False, yields False at once if it is taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)

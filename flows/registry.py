@@ -34,6 +34,7 @@ from mlflow.exceptions import MlflowException
 
 from .config import LineParams
 from .data import DataVersion
+from .folders import locked
 from .validation import check_line_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -46,6 +47,9 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 TUNING_TABLE = "tuning/grid.json"
 LOCK_TTL_S = 120.0  # a lock not renewed for this long was abandoned (its holder died elsewhere)
 LOCK_POLL_S = 0.5
+# creating a lock generation failed because another writer got there first (or cleaned it up
+# meanwhile), or SQLite was busy: look again rather than fail the retrain
+CLAIM_LOST = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE")
 _HELD_HERE: set[str] = set()  # lock generations this process holds now (any thread)
 _CLAIMING = threading.Lock()  # makes creating a lock and noting it in _HELD_HERE one step
 log = logging.getLogger(__name__)
@@ -80,8 +84,15 @@ class Registry:
     def __init__(self, root: Path, uri: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.uri = uri or tracking_uri(self.root)
-        mlflow.set_tracking_uri(self.uri)
+        user_setting = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.uri)  # for the fluent API (start_run, log_model, register_model)
         mlflow.set_registry_uri(self.uri)
+        # set_tracking_uri also exports it; left there, it would pass for the user's setting and
+        # send the next project's Registry in this process to this store
+        if user_setting is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = user_setting
         if self.uri.startswith("sqlite:///"):
             _open_sqlite_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -94,10 +105,14 @@ class Registry:
         return self.alias(line, CHALLENGER)
 
     def alias(self, line: str, alias: str) -> ModelVersion | None:
+        """The version the alias points to; None if the model or alias does not exist (any other
+        error, an unreachable server say, is raised: it must never read as "no champion")."""
         try:
             return self.client.get_model_version_by_alias(model_name(line), alias)
-        except MlflowException:
-            return None
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
 
     def version(self, line: str, version: str) -> ModelVersion:
         try:
@@ -168,6 +183,8 @@ class Registry:
         line = params.name
         existing = self.find_candidate(line, cache_key)
         if existing is not None:
+            if not existing.decided:  # registered by a process that stopped before gating it
+                self.client.set_registered_model_alias(model_name(line), CHALLENGER, existing.version)
             return existing
         self._end_abandoned_runs(line, cache_key)
         tags = self._lineage_tags(data, cache_key, code_version)
@@ -218,12 +235,12 @@ class Registry:
     def promote(self, line: str, version: str, reason: str) -> None:
         """Make ``version`` the champion, in the line's turn."""
         self.version(line, version)  # fails clearly on an unknown version, before any write
-        with self.line_lock(line, f"promote v{version}"):
-            self._promote(line, version, reason)
+        with self.line_lock(line, f"promote v{version}") as lock:
+            self._promote(line, version, reason, lock)
 
     def rollback(self, line: str) -> str:
         """Give ``@champion`` back to the version it replaced, in the line's turn; returns that version."""
-        with self.line_lock(line, "rollback"):
+        with self.line_lock(line, "rollback") as lock:
             current = self.champion(line)
             if current is None:
                 raise KeyError(f"{model_name(line)} has no champion to roll back")
@@ -232,17 +249,20 @@ class Registry:
                 raise KeyError(f"{model_name(line)} v{current.version} replaced no earlier champion")
             self._tag(line, str(current.version), reason=f"rolled back to v{previous}",
                       decision="rolled back")
+            lock.check()
             self.client.set_registered_model_alias(model_name(line), CHAMPION, previous)
             return previous
 
-    def _promote(self, line: str, version: str, reason: str) -> None:
+    def _promote(self, line: str, version: str, reason: str, lock: LineLock | None = None) -> None:
         """Tag the champion it replaces, move the alias (the commit point), then tag the decision:
-        rerun after a crash anywhere in between, it completes the same promotion."""
-        self.version(line, version)
+        rerun after a crash anywhere in between, it completes the same promotion. The caller holds
+        the line's lock (``lock``, checked just before the move, or the retrain flow's)."""
         current = self.champion(line)
         if current is None or str(current.version) != str(version):
             previous = str(current.version) if current is not None else ""
             self._tag(line, version, reason=reason, previous_champion=previous)
+            if lock is not None:
+                lock.check()
             self.client.set_registered_model_alias(model_name(line), CHAMPION, str(version))
         self._tag(line, version, reason=reason, decision=CHAMPION)
 
@@ -285,9 +305,7 @@ class Registry:
 def _open_sqlite_store(uri: str) -> None:
     """Create a new SQLite store's tables one process at a time: MLflow creates them on first use,
     and two processes doing so at once collide ("Online migration expected to match one row")."""
-    from filelock import FileLock
-
-    with FileLock(f"{uri.removeprefix('sqlite:///')}.init.lock"):
+    with locked(Path(f"{uri.removeprefix('sqlite:///')}.init.lock")):
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)
@@ -308,10 +326,11 @@ class LineLock:
     registered model is atomic (a unique name in MLflow's database, on SQLite as on a server), so
     of two writers that try the next generation exactly one gets it. The holder renews its lease
     (tag ``padim.lock.renewed``) and marks it released when done; a lock whose holder process is
-    gone (same host) or that went unrenewed for ``LOCK_TTL_S`` is taken over by creating the next
-    generation. The newest generation is never deleted, so a slow writer that created an older
-    one sees a newer one and backs off; :meth:`check` tells a holder whose lock was taken over.
-    The registry's UI shows who holds a line (host, pid, purpose, since).
+    gone (same machine: boot and pid namespace, not just the host name) or whose lease a waiter saw
+    unrenewed for ``LOCK_TTL_S`` by its own clock (no comparison of two machines' clocks) is taken
+    over by creating the next generation. The newest generation is never deleted, so a slow writer
+    that created an older one sees a newer one and backs off; :meth:`check` tells a holder whose
+    lock was taken over. The registry's UI shows who holds a line (host, pid, purpose, since).
     """
 
     def __init__(self, client: MlflowClient, line: str, purpose: str, timeout_s: float | None = None,
@@ -320,6 +339,7 @@ class LineLock:
         self.prefix = f"{model_name(line)}.lock-"
         self.timeout_s, self.ttl_s = timeout_s, ttl_s
         self.generation = 0
+        self._seen: dict[str, tuple[str, float]] = {}  # lock -> (its renewal stamp, when first seen)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -366,23 +386,24 @@ class LineLock:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
-        _HELD_HERE.discard(self._name(self.generation))
         try:
             self.client.set_registered_model_tag(self._name(self.generation), f"{TAG}lock.released", _now())
         except MlflowException as error:  # the next writer will see the lease expire instead
             log.warning("%s: could not release the line's lock: %s", self.line, error)
+        _HELD_HERE.discard(self._name(self.generation))
 
     def _claim(self, generation: int) -> bool:
         """Create lock ``generation``; True if it is ours and still the newest."""
-        tags = {f"{TAG}lock.host": socket.gethostname(), f"{TAG}lock.pid": str(os.getpid()),
-                f"{TAG}lock.purpose": self.purpose, f"{TAG}lock.since": _now(), f"{TAG}lock.renewed": _now()}
+        tags = {f"{TAG}lock.host": socket.gethostname(), f"{TAG}lock.machine": _machine(),
+                f"{TAG}lock.pid": str(os.getpid()), f"{TAG}lock.purpose": self.purpose,
+                f"{TAG}lock.since": _now(), f"{TAG}lock.renewed": _now()}
         name = self._name(generation)
         with _CLAIMING:  # another thread must not see it created yet not held here
             try:
                 description = f"lock of {model_name(self.line)}: {self.purpose}"
                 self.client.create_registered_model(name, tags=tags, description=description)
             except MlflowException as error:
-                if error.error_code == "RESOURCE_ALREADY_EXISTS":
+                if error.error_code in CLAIM_LOST:
                     return False
                 raise
             _HELD_HERE.add(name)
@@ -394,19 +415,23 @@ class LineLock:
         return True
 
     def _free(self, name: str, holder: dict[str, str]) -> bool:
-        """Released, unrenewed, or left by a process of this host that is gone or (its release
-        having failed, say while MLflow was unreachable) is this one and no longer holds it."""
+        """Released; left by a process of this machine that is gone or (its release having failed,
+        say while MLflow was unreachable) is this one and no longer holds it; or unrenewed for the
+        lease's length, as this waiter has watched it."""
         if f"{TAG}lock.released" in holder:
             return True
-        if time.time() - float(holder.get(f"{TAG}lock.renewed", 0)) > self.ttl_s:
-            return True
-        if holder.get(f"{TAG}lock.host") != socket.gethostname():
-            return False
-        pid = holder.get(f"{TAG}lock.pid")
-        if pid != str(os.getpid()):
-            return not _alive(pid)
-        with _CLAIMING:
-            return name not in _HELD_HERE
+        if holder.get(f"{TAG}lock.machine") == _machine():
+            pid = holder.get(f"{TAG}lock.pid")
+            if pid != str(os.getpid()) and not _alive(pid):
+                return True
+            if pid == str(os.getpid()):
+                with _CLAIMING:
+                    if name not in _HELD_HERE:
+                        return True
+        stamp, now = holder.get(f"{TAG}lock.renewed", ""), time.monotonic()
+        if self._seen.get(name, ("", 0.0))[0] != stamp:
+            self._seen[name] = (stamp, now)
+        return now - self._seen[name][1] > self.ttl_s
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 6):
@@ -414,6 +439,8 @@ class LineLock:
                 self.client.set_registered_model_tag(self._name(self.generation), f"{TAG}lock.renewed",
                                                      _now())
             except MlflowException as error:
+                if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # taken over and cleaned: check() says so
+                    return
                 log.warning("%s: could not renew the line's lock: %s", self.line, error)
 
     def _generations(self) -> dict[int, dict[str, str]]:
@@ -435,6 +462,18 @@ def _describe(holder: dict[str, str]) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get(f"{TAG}lock.since", 0))))
     return (f"{holder.get(f'{TAG}lock.purpose', '?')} (host {holder.get(f'{TAG}lock.host', '?')},"
             f" pid {holder.get(f'{TAG}lock.pid', '?')}, since {since})")
+
+
+@cache
+def _machine() -> str:
+    """This machine as its processes see it: boot id and pid namespace, so that two containers
+    that share a host name (and number their processes alike) are told apart."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # no /proc: the host name is all there is
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{boot}/{namespace}"
 
 
 def _alive(pid: str | None) -> bool:

@@ -79,6 +79,12 @@ def save(pixels: np.ndarray, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
+@pytest.fixture(autouse=True)
+def _project_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests use their project's SQLite store (or a server they start), never the user's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_line(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """7 normal training images (odd, so DDP must pad), 3 normal and 3 defective test images."""

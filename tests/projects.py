@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 from flows.data import DataStore
+from flows.registry import Registry, model_name
 
 
 def git(root: Path, *args: str) -> str:
@@ -23,3 +24,22 @@ def init_project(root: Path, remote: Path, params: str) -> DataStore:
     git(root, "add", "-A")
     git(root, "commit", "-qm", "project")
     return store
+
+
+def tiny_params(*lines: str) -> str:
+    """params.yaml for small synthetic lines that fit in seconds, gated on image AUROC only."""
+    return (
+        "defaults:\n"
+        "  model: {n_features: 16}\n"
+        "  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5,\n"
+        "         min_validation_images: 2}\n"
+        "  gates:\n"
+        "    floors: {image_auroc: 0.7}\n"
+        "lines:\n" + "".join(f"  {line}: {{}}\n" for line in lines)
+    )
+
+
+def versions(registry: Registry, line: str) -> list[str]:
+    """The line's registered model versions, in order."""
+    found = registry.client.search_model_versions(f"name = '{model_name(line)}'")
+    return sorted((str(version.version) for version in found), key=int)

@@ -19,7 +19,7 @@ from flows.config import lists_line
 from flows.data import SNAPSHOTS, DataStore, DataVersionError
 
 from .conftest import Synthetic, save, write_mvtec_folder
-from .kill import KillPoint, assert_killed, run_killed
+from .kill import REPOSITORY, KillPoint, assert_killed, run_killed
 from .projects import git
 
 PARAMS = """\
@@ -88,14 +88,15 @@ def leftovers(store: DataStore, line: str) -> list[str]:
 # kill point -> the version git must hold afterwards. The add puts the objects in the cache (dvc
 # add), then in the remote (push), then commits the pointer. dvc_objects.fs.generic.transfer: call 2
 # copies the files into the cache (where the .dir listing already is), call 4 puts the listing in
-# the remote after the files (call 3). _commit's git calls: add, diff --cached, commit.
+# the remote after the files (call 3). An add's git calls: show HEAD:params.yaml (is the line
+# registered?), then _commit's add, diff --cached, commit.
 ADD_KILLS = {
     "data-add-before-dvc-add": (KillPoint("dvc.repo:Repo.add"), "old"),
     "data-add-during-dvc-add": (KillPoint("dvc_objects.fs.generic:transfer", call=2), "old"),
     "data-add-after-dvc-add": (KillPoint("dvc.repo:Repo.add", after=True), "old"),
     "data-add-during-push": (KillPoint("dvc_objects.fs.generic:transfer", call=4), "old"),
     "data-add-after-push": (KillPoint("dvc.repo:Repo.push", after=True), "old"),
-    "data-add-before-git-commit": (KillPoint("flows.data:DataStore._git", call=3), "old"),
+    "data-add-before-git-commit": (KillPoint("flows.data:DataStore._git", call=4), "old"),
     "data-add-after-git-commit": (KillPoint("flows.data:DataStore._commit", after=True), "new"),
 }
 
@@ -338,3 +339,19 @@ def test_staging_removes_the_scratch_folders_of_killed_adds_of_its_line_only(tmp
         shutil.copytree(source(tmp_path, "alpha", seed=5), scratch / "alpha")
         version = store.add("alpha", scratch / "alpha", min_train_images=5)  # the lock is held already
     assert not scratch.exists() and version.md5 == store.md5("alpha", "HEAD")
+
+
+def test_adds_of_two_new_lines_at_once_both_land_in_git_params_and_gitignore(tmp_path: Path) -> None:
+    store = new_project(tmp_path)
+    lines = ("gamma", "delta")  # new lines: each add registers its line in the shared params.yaml
+    adds = [subprocess.Popen([sys.executable, "-m", "flows.cli", *add_argv(store.root, line,
+                                                                         source(tmp_path, line, seed))],
+                             cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for seed, line in enumerate(lines, start=10)]
+    outputs = [add.communicate(timeout=300)[0] for add in adds]
+    assert [add.returncode for add in adds] == [0, 0], outputs
+    for line in lines:
+        assert lists_line(git(store.root, "show", "HEAD:params.yaml"), line)
+        assert store.md5(line, "HEAD") == store.md5(line)
+    assert {"/gamma", "/delta"} <= set((store.root / "data" / ".gitignore").read_text().splitlines())
+    assert git(store.root, "status", "--porcelain", "--", "data", "params.yaml") == ""

@@ -23,7 +23,7 @@ from flows.gates import decide
 from flows.registry import Registry, model_name
 
 from .conftest import write_flat_folders, write_mvtec_folder
-from .projects import git, init_project
+from .projects import git, init_project, versions
 from .serving import mlflow_server
 
 PARAMS = """\
@@ -57,18 +57,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> 
     return root
 
 
-@pytest.fixture(autouse=True)
-def _local_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def retrain(root: Path, *lines: str, extra: tuple[str, ...] = ()) -> int:
     return main(["--root", str(root), "retrain", *lines, *extra])
-
-
-def versions(registry: Registry, line: str) -> list[str]:
-    found = registry.client.search_model_versions(f"name = '{model_name(line)}'")
-    return sorted(str(v.version) for v in found)
 
 
 @pytest.fixture(scope="module")

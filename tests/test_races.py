@@ -21,25 +21,11 @@ from flows.cli import main
 from flows.registry import LineLock, LockLostError, LockTimeoutError, Registry, model_name
 
 from .conftest import write_mvtec_folder
-from .projects import init_project
+from .projects import init_project, tiny_params, versions
 from .serving import tracking_server
 
-PARAMS = """\
-defaults:
-  model: {n_features: 16}
-  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5,
-         min_validation_images: 2}
-  gates:
-    floors: {image_auroc: 0.7}
-lines:
-  alpha: {}
-"""
+PARAMS = tiny_params("alpha")
 REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _local_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 @pytest.fixture(params=["sqlite", "server"])
@@ -70,11 +56,6 @@ def padim_mlops(*argv: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *argv], cwd=REPOSITORY, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def versions(registry: Registry, line: str) -> list[str]:
-    found = registry.client.search_model_versions(f"name = '{model_name(line)}'")
-    return sorted(str(v.version) for v in found)
 
 
 def lock_models(registry: Registry, line: str) -> list[str]:
@@ -144,8 +125,7 @@ def test_an_unrenewed_lock_is_taken_over_and_its_holder_is_told_before_moving_al
     registry = Registry(project)
     stalled = registry.line_lock("alpha", "a holder on a frozen machine")
     stalled.acquire()
-    taker = LineLock(registry.client, "alpha", "cron", timeout_s=30, ttl_s=0.5)  # its clock sees no renewal
-    time.sleep(0.6)
+    taker = LineLock(registry.client, "alpha", "cron", timeout_s=30, ttl_s=0.5)  # watches 0.5 s unrenewed
     with taker:
         with pytest.raises(LockLostError, match="taken over"):
             stalled.check()

@@ -1,32 +1,41 @@
-"""MLflow unreachable in the middle of a retrain: a real ``mlflow server`` stopped just as the
-model version is registered, then started again on the same stores."""
+"""The registry when things go wrong: MLflow unreachable (a real ``mlflow server`` stopped just as
+a model version is registered, then started again on the same stores), and state one project's
+Registry could leak to the next in the same process."""
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 
 from flows.cli import main
-from flows.registry import Registry, model_name
+from flows.registry import Registry
 from flows.retrain import run_retrain
 
 from .conftest import write_mvtec_folder
-from .projects import init_project
+from .projects import init_project, tiny_params, versions
 from .serving import free_port, tracking_server
 
-PARAMS = """\
-defaults:
-  model: {n_features: 16}
-  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5,
-         min_validation_images: 2}
-  gates:
-    floors: {image_auroc: 0.7}
-lines:
-  alpha: {}
-"""
+PARAMS = tiny_params("alpha")
+
+
+def test_a_registry_leaves_the_tracking_uri_setting_as_it_found_it(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    Registry(tmp_path / "a")  # MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert Registry(tmp_path / "b").uri == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+
+
+def test_an_unreachable_registry_is_an_error_never_no_champion(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    registry = Registry(tmp_path, uri=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(MlflowException, match="127.0.0.1"):
+        registry.champion("alpha")  # read as None, a worse candidate could be promoted over it
 
 
 def test_mlflow_down_at_registration_is_retried_leaves_the_champion_and_a_rerun_registers_once(
@@ -70,8 +79,7 @@ def test_mlflow_down_at_registration_is_retried_leaves_the_champion_and_a_rerun_
         registry = Registry(root)
         assert str(registry.champion("alpha").version) == "1"  # untouched by the failed retrain
         assert main(["--root", str(root), "retrain", "alpha"]) == 0
-        found = registry.client.search_model_versions(f"name = '{model_name('alpha')}'")
-        assert sorted(str(v.version) for v in found) == ["1", "2"]
+        assert versions(registry, "alpha") == ["1", "2"]
         assert str(registry.champion("alpha").version) == "2"
         experiment = registry.client.get_experiment_by_name("padim/alpha")
         runs = registry.client.search_runs([experiment.experiment_id])

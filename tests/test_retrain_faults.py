@@ -20,7 +20,7 @@ from flows.registry import CHALLENGER, CHAMPION, Registry, model_name
 
 from .conftest import write_mvtec_folder
 from .kill import KillPoint, assert_killed, run_killed
-from .projects import init_project
+from .projects import init_project, tiny_params, versions
 
 # the steps of retrain_product_line, in order, with where the process dies
 KILL_POINTS = {
@@ -34,20 +34,7 @@ KILL_POINTS = {
     "after-champion-alias-move": KillPoint("mlflow.tracking.client:MlflowClient.set_registered_model_alias",
                                            call=2, after=True),
 }
-PARAMS = """\
-defaults:
-  model: {n_features: 16}
-  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5,
-         min_validation_images: 2}
-  gates:
-    floors: {image_auroc: 0.7}
-lines:
-""" + "".join(f"  {line}: {{}}\n" for line in KILL_POINTS)
-
-
-@pytest.fixture(autouse=True)
-def _local_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+PARAMS = tiny_params(*KILL_POINTS)
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +55,6 @@ def serves(registry: Registry, line: str, alias: str) -> bool:
     model = mlflow.pyfunc.load_model(f"models:/{model_name(line)}@{alias}")
     image = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     return bool(np.isfinite(model.predict(image)["pred_score"]).all())
-
-
-def versions(registry: Registry, line: str) -> list[str]:
-    found = registry.client.search_model_versions(f"name = '{model_name(line)}'")
-    return sorted(str(v.version) for v in found)
 
 
 @pytest.mark.parametrize("line", list(KILL_POINTS))
@@ -99,6 +81,7 @@ def test_a_retrain_killed_at_any_step_leaves_a_serving_champion_and_a_rerun_regi
     new = registry.version(line, "2")
     assert new.tags["padim.decision"] == CHAMPION and new.tags["padim.previous_champion"] == "1"
     assert str(registry.champion(line).version) == "2" and serves(registry, line, CHAMPION)
+    assert str(registry.challenger(line).version) == "2"  # set even if the kill came before it
     experiment = registry.client.get_experiment_by_name(f"padim/{line}")
     statuses = {run.info.status for run in registry.client.search_runs([experiment.experiment_id])}
     assert "RUNNING" not in statuses  # a run left by the killed process is marked killed

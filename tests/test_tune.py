@@ -39,10 +39,6 @@ TUNED_KEYS = {"layers", "channel_reduction", "align_maps", "pooling", "pooling_w
 IMAGENET_MEAN, IMAGENET_STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
 
-@pytest.fixture(autouse=True)
-def _local_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
 
 def tensors(paths: list[Path]) -> torch.Tensor:
     """Images as the model sees them at the line's size: 0..1, ImageNet-normalised."""
