@@ -13,9 +13,9 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def init_project(root: Path, remote: Path, params: str) -> DataStore:
-    """A git + DVC project (local remote) holding ``params`` and whatever ``root`` already has,
-    committed, with a git identity of its own."""
+def init_project(root: Path, remote: Path | str, params: str) -> DataStore:
+    """A git + DVC project (local remote: a path, or relative to the working folder) holding
+    ``params`` and whatever ``root`` already has, committed, with a git identity of its own."""
     root.mkdir(parents=True, exist_ok=True)
     store = DataStore.init(root, str(remote))
     git(root, "config", "user.email", "tests@example.com")

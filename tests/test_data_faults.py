@@ -20,33 +20,17 @@ from flows.data import SNAPSHOTS, DataStore, DataVersionError
 
 from .conftest import Synthetic, save, write_mvtec_folder
 from .kill import REPOSITORY, KillPoint, assert_killed, run_killed
-from .projects import git
+from .projects import git, init_project, tiny_params
 
-PARAMS = """\
-defaults:
-  model: {n_features: 16}
-  data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5,
-         min_validation_images: 2}
-  gates:
-    floors: {image_auroc: 0.5, pixel_auroc: 0.5}
-lines:
-  alpha: {}
-  beta: {}
-"""
+PARAMS = tiny_params("alpha", "beta")
 
 
 def new_project(base: Path) -> DataStore:
     """A project at ``base/project`` whose DVC remote ``base/remote`` is named relative to it, so
     that a copy of ``base`` (and a clone beside the project) is a project of its own."""
     root = base / "project"
-    root.mkdir(parents=True)
-    store = DataStore.init(root, os.path.relpath(base / "remote"))  # DVC stores it relative to .dvc/
-    assert DataStore(root) and "../../remote" in (root / ".dvc" / "config").read_text()
-    git(root, "config", "user.email", "tests@example.com")
-    git(root, "config", "user.name", "tests")
-    (root / "params.yaml").write_text(PARAMS)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
+    store = init_project(root, os.path.relpath(base / "remote"), PARAMS)  # DVC keeps it relative to .dvc/
+    assert "../../remote" in (root / ".dvc" / "config").read_text()
     return store
 
 
