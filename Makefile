@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint bench demo clean
+.PHONY: install test test-fast lint bench demo clean stack-up stack-down stack-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,mlops]'
+	$(BIN)/pip install --quiet -e '.[dev,mlops,team]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,9 +19,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# the inner loop: everything but the real-data and multi-process tests
+# the inner loop: everything but the real-data, multi-process and team-stack tests
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not stack"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -33,6 +33,21 @@ bench: $(STAMP)
 # by the Prefect flow (ephemeral API), registered in MLflow (SQLite in this folder).
 demo: $(STAMP)
 	$(BIN)/padim-mlops demo
+
+# The team stack on loopback, no Docker: Postgres, S3 (moto), MLflow server (basic auth), Prefect
+# server + worker + the deployments of prefect.yaml, a Dask scheduler and two workers. State, logs
+# and the client environment in $(STACK_STATE)/: `set -a; . .stack/stack.env; set +a`.
+STACK_STATE ?= .stack
+
+stack-up: $(STAMP)
+	$(BIN)/python stack/stack.py up --state $(STACK_STATE)
+
+# no install step: stopping must work whatever state the venv is in
+stack-down:
+	$(BIN)/python stack/stack.py down --state $(STACK_STATE)
+
+stack-status:
+	$(BIN)/python stack/stack.py status --state $(STACK_STATE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -203,6 +203,7 @@ def _data_demo(args: argparse.Namespace) -> None:
 def _retrain(args: argparse.Namespace) -> int:
     from .config import load_params
     from .data import DataStore
+    from .registry import Registry
     from .retrain import run_retrain
 
     # what can be checked before Prefect starts: params.yaml, the lines named, the revision
@@ -215,6 +216,7 @@ def _retrain(args: argparse.Namespace) -> int:
         raise ValueError(f"{path} lists no product lines: add one with 'padim-mlops data add'")
     if args.rev:
         DataStore(args.root).commit_of(args.rev)
+    Registry(args.root).check_access()
     results = run_retrain(args.lines or None, args.rev, str(args.root.resolve()), args.dask_address,
                           args.parallel)
     return 1 if any(result.error for result in results) else 0

@@ -98,6 +98,18 @@ class Registry:
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     # -- reading -------------------------------------------------------------------------------
+    def check_access(self) -> None:
+        """Fail fast, naming MLflow, if the tracking server refuses these credentials (before any
+        work is done that could not be registered)."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except MlflowException as error:
+            if error.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                msg = (f"MLflow at {self.uri} refused the credentials ({error.error_code}): check"
+                       " MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+                raise RuntimeError(msg) from None
+            raise
+
     def champion(self, line: str) -> ModelVersion | None:
         return self.alias(line, CHAMPION)
 

@@ -1,0 +1,243 @@
+"""The same flows on the team stack, only the environment changed.
+
+``stack/stack.py up`` (what ``make stack-up`` runs) starts, on 127.0.0.1: PostgreSQL, an S3 server
+(moto), ``mlflow server`` on PostgreSQL with artifacts in S3 and basic auth, ``prefect server``
+with a process work pool, a worker and the deployments of prefect.yaml, and a Dask scheduler with
+two workers. A project whose DVC remote is on that S3 then adds data, retrains three lines through
+Dask, predicts from the champion, runs a deployment and a scheduled run through the worker; the
+stack is stopped afterwards and must leave nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from flows.data import DataStore
+from flows.registry import Registry
+from padim_plugin.artifact import TENSORS
+
+from .conftest import write_mvtec_folder
+from .kill import REPOSITORY
+from .projects import git, init_project, tiny_params, versions
+
+pytestmark = pytest.mark.stack
+LINES = ("a", "b", "c")
+BUCKET = "padim"
+
+
+def read_env(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+@contextmanager
+def team_environment(stack: dict[str, str]) -> Iterator[None]:
+    """The stack's client environment (what ``. .stack/stack.env`` sets) and its Prefect API."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with pytest.MonkeyPatch.context() as env, temporary_settings({PREFECT_API_URL: stack["PREFECT_API_URL"]}):
+        for name, value in stack.items():
+            if name != "STATE":
+                env.setenv(name, value)
+        yield
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The stack's client environment while it runs; afterwards ``down`` must find nothing left."""
+    state = tmp_path_factory.mktemp("stack")
+    command = [sys.executable, str(REPOSITORY / "stack" / "stack.py")]
+    started = subprocess.run([*command, "up", "--state", str(state)], cwd=REPOSITORY, capture_output=True,
+                             text=True, timeout=600)
+    try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        yield read_env(state / "stack.env") | {"STATE": str(state)}
+    finally:
+        stopped = subprocess.run([*command, "down", "--state", str(state)], cwd=REPOSITORY,
+                                 capture_output=True, text=True, timeout=300)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr  # no process or port left
+
+
+@pytest.fixture(autouse=True)
+def _team_environment(stack: dict[str, str]) -> Iterator[None]:
+    with team_environment(stack):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three lines added to a project whose DVC remote is the stack's S3 (keys from the environment)."""
+    base = tmp_path_factory.mktemp("team")
+    root = base / "project"
+    dvc = str(Path(sys.executable).parent / "dvc")
+    with team_environment(stack):
+        init_project(root, f"s3://{BUCKET}/dvc/{base.name}", tiny_params(*LINES))
+        subprocess.run([dvc, "remote", "modify", "default", "endpointurl", stack["AWS_ENDPOINT_URL"]],
+                       cwd=root, check=True, capture_output=True)
+        git(root, "commit", "-qam", "DVC remote on the team's S3")
+        for seed, line in enumerate(LINES):
+            source = write_mvtec_folder(base / f"{line}_v1", 8, 4, 4, seed=seed, n_validation=4)
+            assert main(["--root", str(root), "data", "add", line, str(source)]) == 0
+    return root
+
+
+def s3_keys(stack: dict[str, str], prefix: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=stack["AWS_ENDPOINT_URL"])
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def retrained(project: Path, stack: dict[str, str]) -> Path:
+    with team_environment(stack):
+        assert main(["--root", str(project), "retrain", "--dask-address",
+                     stack["DASK_SCHEDULER_ADDRESS"]]) == 0
+    return project
+
+
+def test_data_add_pushes_each_line_to_s3_with_no_key_in_the_dvc_config(project: Path,
+                                                                       stack: dict[str, str]) -> None:
+    pushed = s3_keys(stack, f"dvc/{project.parent.name}/")
+    assert len(pushed) >= 3 * 25  # every image of three lines, and their listings
+    config = (project / ".dvc" / "config").read_text()
+    assert stack["AWS_ACCESS_KEY_ID"] not in config and stack["AWS_SECRET_ACCESS_KEY"] not in config
+
+
+def test_retrain_through_dask_registers_champions_in_postgres_with_artifacts_in_s3(
+        retrained: Path, stack: dict[str, str]) -> None:
+    import psycopg2
+
+    credentials = read_env(Path(stack["STATE"]) / "credentials.env")
+    ports = json.loads((Path(stack["STATE"]) / "ports.json").read_text())
+    password = credentials["STACK_PG_PASSWORD"]
+    with psycopg2.connect(host="127.0.0.1", port=ports["postgres"], dbname="mlflow", user="stack",
+                          password=password) as connection, connection.cursor() as cursor:
+        cursor.execute("select name, alias, version from registered_model_aliases where alias = 'champion'")
+        champions = sorted(cursor.fetchall())
+    assert champions == [(f"padim-{line}", "champion", 1) for line in LINES]
+    registry = Registry(retrained)
+    assert registry.uri == stack["MLFLOW_TRACKING_URI"]
+    for line in LINES:
+        run = registry.client.get_run(registry.champion(line).run_id)
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server ...
+    stored = s3_keys(stack, "mlflow/")  # ... to S3: each champion's tensors among them
+    assert sum(key.endswith(f"/{TENSORS}") for key in stored) >= len(LINES)
+
+
+def test_predict_loads_the_champion_through_the_server(retrained: Path, tmp_path: Path) -> None:
+    test_images = DataStore(retrained).pull("a").path / "test"
+    command = ["--root", str(retrained), "predict", "a", str(test_images), "--out", str(tmp_path)]
+    assert main(command) == 0
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8  # header and the 8 test images
+
+
+def wait_for_final_state(flow_run_id: object, timeout_s: float = 600) -> object:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return flow_run
+            assert time.monotonic() < deadline, f"flow run {flow_run.name} still {flow_run.state}"
+            time.sleep(2)
+
+
+def test_a_deployment_run_is_picked_up_by_the_worker(retrained: Path) -> None:
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment("retrain-product-line/retrain-product-line",
+                              parameters={"line": "b", "root": str(retrained)}, timeout=0)
+    finished = wait_for_final_state(flow_run.id)
+    assert finished.state.is_completed(), finished.state
+    assert versions(Registry(retrained), "b") == ["1"]  # unchanged data: the worker reused v1
+
+
+def test_the_next_scheduled_run_runs_on_the_worker_and_shows_in_the_history(retrained: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Scheduled
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/nightly-retrain")
+        assert [schedule.schedule.cron for schedule in deployment.schedules] == ["0 2 * * *"]
+        of_deployment = FlowRunFilterDeploymentId(any_=[deployment.id])
+        deadline = time.monotonic() + 180  # the server's scheduler service fills the next runs in
+        while not (upcoming := client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                deployment_id=of_deployment,
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))):
+            assert time.monotonic() < deadline, "the scheduler made no run of nightly-retrain"
+            time.sleep(3)
+        next_run = min(upcoming, key=lambda run: run.expected_start_time)
+        client.update_flow_run(next_run.id, parameters={"lines": ["c"], "root": str(retrained)})
+        client.set_flow_run_state(next_run.id, Scheduled(scheduled_time=datetime.now(UTC)), force=True)
+    finished = wait_for_final_state(next_run.id)
+    assert finished.state.is_completed(), finished.state
+    with get_client(sync_client=True) as client:
+        history = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=of_deployment,
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))))
+    assert next_run.id in {run.id for run in history}
+
+
+def test_a_wrong_mlflow_password_is_refused_by_name_before_any_work(
+        retrained: Path, stack: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    before = {line: versions(Registry(retrained), line) for line in LINES}
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    assert main(["--root", str(retrained), "retrain", "a"]) == 1
+    assert f"MLflow at {stack['MLFLOW_TRACKING_URI']} refused the credentials" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack["MLFLOW_TRACKING_PASSWORD"])
+    assert {line: versions(Registry(retrained), line) for line in LINES} == before
+
+
+def test_no_secret_lands_in_files_runs_artifacts_or_logs(retrained: Path, stack: dict[str, str]) -> None:
+    """Run after the flows above (file order): everything they wrote is searched."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter
+
+    state = Path(stack["STATE"])
+    secrets = {name: value for name, value in read_env(state / "credentials.env").items()
+               if "PASSWORD" in name or "KEY" in name}
+    places: dict[str, str] = {}
+    for path in [*retrained.rglob("*"), *(state / "logs").glob("*.log"), state / "mlflow-auth.ini"]:
+        if path.is_file() and ".git/objects" not in str(path):
+            places[str(path)] = path.read_bytes().decode("latin-1")
+    registry = Registry(retrained)
+    for experiment in registry.client.search_experiments():
+        for run in registry.client.search_runs([experiment.experiment_id]):
+            places[f"run {run.info.run_id}"] = repr((run.data.params, run.data.tags))
+    for line in LINES:
+        for version in registry.client.search_model_versions(f"name = 'padim-{line}'"):
+            places[f"padim-{line} v{version.version}"] = repr(version.tags)
+    with get_client(sync_client=True) as client:
+        places["prefect artifacts"] = repr([(a.key, a.data, a.description) for a in client.read_artifacts()])
+        logs, page = [], True
+        while page:
+            page = client.read_logs(LogFilter(), limit=200, offset=len(logs))
+            logs += [log.message for log in page]
+        places["prefect logs"] = "\n".join(logs)
+    leaks = [(name, where) for name, value in secrets.items()
+             for where, text in places.items() if value in text]
+    assert leaks == []
+    assert len(places) > 50  # files, runs, versions, artifacts and logs were all read
