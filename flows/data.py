@@ -262,7 +262,8 @@ class DataStore:
             cached.unlink()
 
     def _remote_problem(self) -> str:
-        """'; the DVC remote ... is unreachable: why' when it is, else ''."""
+        """'; the DVC remote ... refused the request or is unreachable: why' when so (a wrong key, a
+        remote that is down or gone), else ''."""
         from dvc.repo import Repo
 
         try:
@@ -272,7 +273,7 @@ class DataStore:
                     return f"; the DVC remote {remote.path} is unreachable: it does not exist"
                 remote.fs.ls(remote.path)
         except Exception as error:
-            return f"; the DVC remote is unreachable: {error}"
+            return f"; the DVC remote refused the request or is unreachable: {error}"
         return ""
 
     def commit_of(self, rev: str) -> str:
@@ -430,7 +431,8 @@ class DataStore:
             with Repo(str(self.root)) as repo:
                 getattr(repo, command)(targets)
         except DvcException as error:
-            raise DataVersionError(f"dvc {command} {' '.join(targets)} failed: {error}") from error
+            why = self._remote_problem() if command == "push" else ""  # DVC only counts failed files
+            raise DataVersionError(f"dvc {command} {' '.join(targets)} failed: {error}{why}") from error
 
 
 def _file_md5(path: Path) -> str:

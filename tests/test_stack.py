@@ -25,6 +25,7 @@ from flows.cli import main
 from flows.data import DataStore
 from flows.registry import Registry
 from padim_plugin.artifact import TENSORS
+from stack.stack import read_env_file
 
 from .conftest import write_mvtec_folder
 from .kill import REPOSITORY
@@ -33,11 +34,6 @@ from .projects import git, init_project, tiny_params, versions
 pytestmark = pytest.mark.stack
 LINES = ("a", "b", "c")
 BUCKET = "padim"
-
-
-def read_env(path: Path) -> dict[str, str]:
-    lines = path.read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 @contextmanager
@@ -61,7 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                              text=True, timeout=600)
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-        yield read_env(state / "stack.env") | {"STATE": str(state)}
+        yield read_env_file(state / "stack.env") | {"STATE": str(state)}
     finally:
         stopped = subprocess.run([*command, "down", "--state", str(state)], cwd=REPOSITORY,
                                  capture_output=True, text=True, timeout=300)
@@ -119,7 +115,7 @@ def test_retrain_through_dask_registers_champions_in_postgres_with_artifacts_in_
         retrained: Path, stack: dict[str, str]) -> None:
     import psycopg2
 
-    credentials = read_env(Path(stack["STATE"]) / "credentials.env")
+    credentials = read_env_file(Path(stack["STATE"]) / "credentials.env")
     ports = json.loads((Path(stack["STATE"]) / "ports.json").read_text())
     password = credentials["STACK_PG_PASSWORD"]
     with psycopg2.connect(host="127.0.0.1", port=ports["postgres"], dbname="mlflow", user="stack",
@@ -217,7 +213,7 @@ def test_no_secret_lands_in_files_runs_artifacts_or_logs(retrained: Path, stack:
     from prefect.client.schemas.filters import LogFilter
 
     state = Path(stack["STATE"])
-    secrets = {name: value for name, value in read_env(state / "credentials.env").items()
+    secrets = {name: value for name, value in read_env_file(state / "credentials.env").items()
                if "PASSWORD" in name or "KEY" in name}
     places: dict[str, str] = {}
     for path in [*retrained.rglob("*"), *(state / "logs").glob("*.log"), state / "mlflow-auth.ini"]:

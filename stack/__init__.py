@@ -1,0 +1,1 @@
+"""The team stack on loopback (stack.py: make stack-up / stack-down)."""
