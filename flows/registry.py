@@ -66,6 +66,11 @@ def model_name(line: str) -> str:
     return f"padim-{check_line_name(line)}"
 
 
+def experiment_name(line: str) -> str:
+    """The MLflow experiment holding a line's runs (fits and tuning)."""
+    return f"padim/{check_line_name(line)}"
+
+
 class PickledModelError(ValueError):
     """A registered version whose pyfunc is a pickle: refused rather than loaded."""
 
@@ -279,7 +284,7 @@ class Registry:
         self._tag(line, version, reason=reason, decision=CHAMPION)
 
     def _end_abandoned_runs(self, line: str, cache_key: str) -> None:
-        experiment = self.client.get_experiment_by_name(f"padim/{line}")
+        experiment = self.client.get_experiment_by_name(experiment_name(line))
         if experiment is None:
             return
         filter_string = f"tags.`{TAG}cache_key` = '{cache_key}' and attributes.status = 'RUNNING'"
@@ -292,7 +297,7 @@ class Registry:
             self.client.set_model_version_tag(model_name(line), str(version), f"{TAG}{key}", value)
 
     def _experiment(self, line: str) -> str:
-        name = f"padim/{line}"
+        name = experiment_name(line)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id

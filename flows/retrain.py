@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from .config import LineParams, load_params
 from .data import DataStore, DataVersion
 from .gates import Decision, decide
-from .registry import Candidate, LineLock, Registry
+from .registry import TAG, Candidate, LineLock, Registry
 from .validation import validate_line
 
 PACKAGE_DIRS = ("padim_plugin", "flows")
@@ -143,7 +143,7 @@ def champion_scores(root: Path, params: LineParams, data: DataVersion,
     registry = Registry(root)
     champion = registry.champion(params.name)
     if champion is not None and str(champion.version) == candidate_version:  # its promotion was cut short
-        previous = champion.tags.get("padim.previous_champion")
+        previous = champion.tags.get(f"{TAG}previous_champion")
         champion = registry.version(params.name, previous) if previous else None
     if champion is None:
         return None
