@@ -119,12 +119,12 @@ class StreamingGaussian(nn.Module):
                 " resized to the same size"
             )
             raise ValueError(msg)
-        # sum of (x - shift) per position, in float64: a large common offset cancels exactly
-        batch_sum = batch.sum(dim=1, dtype=torch.float64) - n_batch * self.shift
-        shift = self.shift.to(batch.dtype)
-        if not torch.isfinite(batch_sum).all():  # any NaN or Inf in the batch reaches its sum
+        # any NaN or Inf in the batch reaches its sum (a plain sum: a float64 one costs as much as
+        # the scatter update; a finite sum that overflows would overflow the scatter anyway)
+        if not torch.isfinite(batch.sum(dim=1)).all():
             msg = f"{batch_name}: embeddings contain NaN or Inf; refusing to fit on them"
             raise ValueError(msg)
+        shift = self.shift.to(batch.dtype)
         if self._pending is None or self._pending[0].dtype != batch.dtype:
             self.flush()
             self._pending = (
@@ -136,7 +136,8 @@ class StreamingGaussian(nn.Module):
             stop = start + POSITION_CHUNK
             centered = batch[start:stop] - shift[start:stop].unsqueeze(1)
             pending_scatter[start:stop].baddbmm_(centered.transpose(1, 2), centered)
-        pending_sum.add_(batch_sum)
+            # summed after the shift, like the scatter: a large common offset never meets the sum
+            pending_sum[start:stop] += centered.sum(dim=1)
         self.count += n_batch
         self._pending_batches += 1
         if self._pending_batches >= self.flush_every:
