@@ -13,6 +13,8 @@ the number of images. Partial fits (shards, devices) merge exactly with Chan et 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import distributed as dist
 from torch import nn
@@ -249,7 +251,7 @@ class StreamingGaussian(nn.Module):
         return self.shift + self.shifted_sum / self.count
 
     def whitening(self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32,
-                  chunk: int = 512) -> torch.Tensor:
+                  chunk: int = 256) -> torch.Tensor:
         """``W = (L^-1)^T`` per position (L the Cholesky factor), so d^2(x) = ||(x - mean) @ W||^2.
 
         Found by a triangular solve against the Cholesky factor rather than by inverting the
@@ -259,7 +261,7 @@ class StreamingGaussian(nn.Module):
         """
         return self.fitted(epsilon, dtype, chunk)[1]
 
-    def fitted(self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32, chunk: int = 512,
+    def fitted(self, epsilon: float = 0.01, dtype: torch.dtype = torch.float32, chunk: int = 256,
                pooling: str = "per_position", window: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean (P, C) float64, whitening (P, C, C) dtype)`` (see :meth:`whitening`), the
         statistics first pooled (padim_plugin.pooling) over a ``window`` x ``window``
@@ -281,10 +283,23 @@ class StreamingGaussian(nn.Module):
         device = self.shifted_scatter.device
         identity = torch.eye(n_channels, dtype=torch.float64, device=device)
         result = torch.empty(n_positions, n_channels, n_channels, dtype=dtype, device=device)
-        for start in range(0, n_positions, chunk):
+
+        def factorise(start: int) -> None:
             factor = torch.linalg.cholesky(covariance_of(slice(start, start + chunk)))
             inverse = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
             result[start : start + chunk] = inverse.transpose(1, 2)
+
+        # On the CPU a batched Cholesky factorises one small matrix after the other on one core;
+        # chunks in threads (torch releases the GIL) use them all. The statistics were flushed
+        # above (mean() or pooled()), so the threads only read them.
+        starts = range(0, n_positions, chunk)
+        workers = min(torch.get_num_threads(), len(starts)) if device.type == "cpu" else 1
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(factorise, starts))
+        else:
+            for start in starts:
+                factorise(start)
         return mean, result
 
     def pooled(self, pooling: str, window: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
