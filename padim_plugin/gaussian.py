@@ -8,7 +8,9 @@ Numerics: sums are taken of ``x - shift``, where the shift is the first batch's 
 common offset never meets the sums (the "shifted data" algorithm). Each batch is folded into a
 running sum in the embedding's own precision by one fused batched matmul-add, and that sum is
 flushed into float64 totals every ``flush_every`` batches, which bounds rounding error whatever
-the number of images. Partial fits (shards, devices) merge exactly with Chan et al.'s formula.
+the number of images. Partial fits (shards, devices) merge exactly with Chan et al.'s formula,
+and a subset's statistics can be taken out again (the same formula solved for one part), so a
+refit after images were removed needs to embed only those.
 """
 
 from __future__ import annotations
@@ -24,8 +26,17 @@ from .pooling import pool_statistics
 POSITION_CHUNK = 256
 
 
+# a downdate that leaves less than this share of any variance is refused: the rounding of the
+# statistics (float32 batch sums, flushed to float64) would grow by the inverse of that share
+MIN_KEPT_VARIANCE = 0.1
+
+
 class NotFittedError(RuntimeError):
     """Raised when a model is used for scoring or export before it has been fitted."""
+
+
+class UnsafeDowndateError(ValueError):
+    """Removing statistics would leave too few images or lose precision: refit from the images."""
 
 
 def combine_statistics(
@@ -45,6 +56,23 @@ def combine_statistics(
     mean = mean_a + delta * (count_b / count)
     scatter = scatter_a + scatter_b + (count_a * count_b / count) * _outer(delta)
     return count, mean, scatter
+
+
+def remove_statistics(
+    count: torch.Tensor,
+    mean: torch.Tensor,
+    scatter: torch.Tensor,
+    count_b: torch.Tensor,
+    mean_b: torch.Tensor,
+    scatter_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The statistics of a set less a subset ``b`` of it: :func:`combine_statistics` solved for
+    the other part, so ``combine(remove(all, b), b) == all`` up to rounding."""
+    count_a = count - count_b
+    mean_a = (count * mean - count_b * mean_b) / count_a
+    delta = mean_b - mean_a
+    scatter_a = scatter - scatter_b - (count_a * count_b / count) * _outer(delta)
+    return count_a, mean_a, scatter_a
 
 
 def _outer(vectors: torch.Tensor) -> torch.Tensor:
@@ -190,6 +218,38 @@ class StreamingGaussian(nn.Module):
         if self.shape != other.shape:
             raise ValueError(f"cannot merge statistics of shape {other.shape} into {self.shape}")
         self._set_centered(*combine_statistics(*self.centered(), *other.centered()))
+        return self
+
+    def subtract(self, other: StreamingGaussian, min_kept_variance: float = MIN_KEPT_VARIANCE
+                 ) -> StreamingGaussian:
+        """Take out the statistics of images that were folded in before (an exact downdate);
+        returns self.
+
+        Raises :class:`UnsafeDowndateError`, leaving self unchanged, when fewer than two images
+        would remain or when any position would keep less than ``min_kept_variance`` of a
+        channel's variance (the removed images carried most of it, and what is left would be
+        dominated by rounding): then refit from the remaining images instead.
+        """
+        if other.n_samples == 0:
+            return self
+        if self.shape != other.shape:
+            raise ValueError(f"cannot subtract statistics of shape {other.shape} from {self.shape}")
+        if self.n_samples - other.n_samples < 2:
+            msg = (f"removing {other.n_samples} of {self.n_samples} images leaves fewer than 2:"
+                   " refit from the remaining images")
+            raise UnsafeDowndateError(msg)
+        before = self.centered()
+        count, mean, scatter = remove_statistics(*before, *other.centered())
+        kept = scatter.diagonal(dim1=-2, dim2=-1) / before[2].diagonal(dim1=-2, dim2=-1)
+        kept = torch.where(before[2].diagonal(dim1=-2, dim2=-1) > 0, kept, torch.ones_like(kept))
+        lowest = float(kept.min())
+        if not lowest >= min_kept_variance:
+            position, channel = divmod(int(kept.argmin()), kept.shape[1])
+            msg = (f"removing {other.n_samples} of {self.n_samples} images would leave {lowest:.2%} of"
+                   f" the variance of channel {channel} at position {position} (below"
+                   f" {min_kept_variance:.0%}): too little to keep precision, refit from the images")
+            raise UnsafeDowndateError(msg)
+        self._set_centered(count, mean, scatter)
         return self
 
     def all_reduce(self) -> None:
