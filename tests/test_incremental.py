@@ -107,12 +107,14 @@ def test_a_downdate_that_would_lose_precision_falls_back_to_a_full_refit_and_say
         two_versions: tuple[Path, str]) -> None:
     root, _ = two_versions
     params = root / "params.yaml"  # no variance may fall below 99.99% of what it was: any removal fails
-    params.write_text(params.read_text().replace("  alpha: {}", "  alpha: {fit: {min_kept_variance: 0.9999}}"))
+    strict = "  alpha: {fit: {min_kept_variance: 0.9999}}"
+    params.write_text(params.read_text().replace("  alpha: {}", strict))
     git(root, "commit", "-qam", "alpha: stricter downdates")
     assert main(["--root", str(root), "retrain", "alpha"]) == 0
     tags, metrics = latest_run(root)
     assert tags["padim.fit.path"] == "full"
-    assert "refit from the images" in tags["padim.fit.reason"] and "variance of channel" in tags["padim.fit.reason"]
+    reason = tags["padim.fit.reason"]
+    assert "refit from the images" in reason and "variance of channel" in reason
     assert metrics["fit_images_embedded"] == len(train_images(snapshot(root, "HEAD")))
 
 
