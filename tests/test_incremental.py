@@ -118,6 +118,17 @@ def test_a_downdate_that_would_lose_precision_falls_back_to_a_full_refit_and_say
     assert metrics["fit_images_embedded"] == len(train_images(snapshot(root, "HEAD")))
 
 
+def test_statistics_kept_by_a_fit_on_another_machine_are_found_through_the_registry(
+        two_versions: tuple[Path, str]) -> None:
+    """This machine lost its kept statistics (or never had them): the champion's run holds them."""
+    root, _ = two_versions
+    shutil.rmtree(root / ".padim" / "statistics")
+    assert main(["--root", str(root), "retrain", "alpha"]) == 0
+    tags, _ = latest_run(root)
+    assert tags["padim.fit.path"] == "incremental", tags.get("padim.fit.reason")
+    assert int(tags["padim.fit.removed"]) == REMOVED
+
+
 def test_only_the_statistics_behind_the_champion_and_the_latest_version_are_kept(
         two_versions: tuple[Path, str]) -> None:
     root, _ = two_versions
