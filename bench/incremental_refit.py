@@ -13,7 +13,8 @@ through :func:`flows.incremental.refit_statistics`, the function the retrain flo
 "fit s" covers what the retrain's fit step does: choosing the base, loading the kept statistics,
 decoding and embedding images, merging, keeping the new statistics, and fitting the Gaussians
 (factorisation). Calibration (validation) and evaluation (test) then run on both models, timed
-apart ("eval s": a retrain pays them whichever way it fits): their metrics must agree. Peak RSS growth during each fit is sampled (bench/padim_vs_anomalib.RssProbe).
+apart ("eval s": a retrain pays them whichever way it fits): their metrics must agree. Peak RSS
+growth during each fit is sampled (bench/padim_vs_anomalib.RssProbe).
 efficientnet_lite0, 100 channels, 256 px, batch 32, CPU::
 
     .venv/bin/python bench/incremental_refit.py [--data PATH] [--out DIR] [--additions 0.01 0.1]
@@ -101,8 +102,8 @@ def timed_fit(params: LineParams, root: Path, key: str) -> dict[str, Any]:
     started = time.perf_counter()
     model, _ = fit_line(params, data.path, work, statistics)
     metrics = evaluate(model, params, data.path, work).metrics
-    return {"fit_s": seconds, "calibration_and_evaluation_s": time.perf_counter() - started, "path": report.path, "embedded": report.embedded, "added": report.added,
-            "reason": report.reason, "train_images": statistics.n_samples,
+    return {"fit_s": seconds, "calibration_and_evaluation_s": time.perf_counter() - started,
+            "path": report.path, "embedded": report.embedded, "added": report.added, "reason": report.reason, "train_images": statistics.n_samples,
             "statistics_bytes": report.statistics_bytes,
             "fit_memory_growth_bytes": memory.peak - memory.before,
             "metrics": {name: metrics.get(name) for name in METRICS}}
@@ -147,8 +148,8 @@ def table(results: dict[str, Any]) -> str:
     def row(name: str, kind: str, figures: dict[str, Any], ratio: str) -> str:
         metrics = " | ".join(f"{figures['metrics'][m]:.4f}" for m in METRICS[:3])
         growth = figures["fit_memory_growth_bytes"] / 2**20
-        return (f"| {name} | {kind} | {figures['path']} | {figures['embedded']} | {figures['train_images']} |"
-                f" {figures['fit_s']:.1f} | {ratio} | {figures['calibration_and_evaluation_s']:.1f} | {growth:.0f}"
+        return (f"| {name} | {kind} | {figures['path']} | {figures['embedded']} |"
+                f" {figures['train_images']} | {figures['fit_s']:.1f} | {ratio} | {figures['calibration_and_evaluation_s']:.1f} | {growth:.0f}"
                 f" | {metrics} |")
 
     rows.append(row("first", "full", results["first"], ""))
