@@ -103,7 +103,8 @@ def timed_fit(params: LineParams, root: Path, key: str) -> dict[str, Any]:
     model, _ = fit_line(params, data.path, work, statistics)
     metrics = evaluate(model, params, data.path, work).metrics
     return {"fit_s": seconds, "calibration_and_evaluation_s": time.perf_counter() - started,
-            "path": report.path, "embedded": report.embedded, "added": report.added, "reason": report.reason, "train_images": statistics.n_samples,
+            "path": report.path, "embedded": report.embedded, "added": report.added,
+            "reason": report.reason, "train_images": statistics.n_samples,
             "statistics_bytes": report.statistics_bytes,
             "fit_memory_growth_bytes": memory.peak - memory.before,
             "metrics": {name: metrics.get(name) for name in METRICS}}
@@ -148,8 +149,9 @@ def table(results: dict[str, Any]) -> str:
     def row(name: str, kind: str, figures: dict[str, Any], ratio: str) -> str:
         metrics = " | ".join(f"{figures['metrics'][m]:.4f}" for m in METRICS[:3])
         growth = figures["fit_memory_growth_bytes"] / 2**20
+        evaluation = figures["calibration_and_evaluation_s"]
         return (f"| {name} | {kind} | {figures['path']} | {figures['embedded']} |"
-                f" {figures['train_images']} | {figures['fit_s']:.1f} | {ratio} | {figures['calibration_and_evaluation_s']:.1f} | {growth:.0f}"
+                f" {figures['train_images']} | {figures['fit_s']:.1f} | {ratio} | {evaluation:.1f} | {growth:.0f}"
                 f" | {metrics} |")
 
     rows.append(row("first", "full", results["first"], ""))
