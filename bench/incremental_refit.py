@@ -151,8 +151,8 @@ def table(results: dict[str, Any]) -> str:
         growth = figures["fit_memory_growth_bytes"] / 2**20
         evaluation = figures["calibration_and_evaluation_s"]
         return (f"| {name} | {kind} | {figures['path']} | {figures['embedded']} |"
-                f" {figures['train_images']} | {figures['fit_s']:.1f} | {ratio} | {evaluation:.1f} | {growth:.0f}"
-                f" | {metrics} |")
+                f" {figures['train_images']} | {figures['fit_s']:.1f} | {ratio} | {evaluation:.1f}"
+                f" | {growth:.0f} | {metrics} |")
 
     rows.append(row("first", "full", results["first"], ""))
     for name, result in results.items():
