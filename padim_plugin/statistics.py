@@ -72,13 +72,13 @@ def load_statistics(folder: Path) -> StreamingGaussian:
             got = "missing" if found is None else f"{tuple(found.shape)} {found.dtype}"
             raise StatisticsError(f"{folder / TENSORS}: {name} should be {shape} float64, got {got}")
     rows, columns = torch.triu_indices(n_channels, n_channels)
-    scatter = torch.zeros(n_positions, n_channels, n_channels, dtype=torch.float64)
-    scatter[:, rows, columns] = tensors["shifted_scatter_packed"]
-    scatter[:, columns, rows] = tensors["shifted_scatter_packed"]
+    scatter = torch.empty(n_positions, n_channels * n_channels, dtype=torch.float64)
+    for triangle in (rows * n_channels + columns, columns * n_channels + rows):  # upper, then lower
+        scatter.index_copy_(1, triangle, tensors["shifted_scatter_packed"])
     gaussian = StreamingGaussian()
     gaussian.load_state_dict({"count": tensors["count"], "shift": tensors["shift"],
-                              "shifted_sum": tensors["shifted_sum"], "shifted_scatter": scatter,
-                              "grid": tensors["grid"]})
+                              "shifted_sum": tensors["shifted_sum"], "grid": tensors["grid"],
+                              "shifted_scatter": scatter.view(-1, n_channels, n_channels)})
     if gaussian.n_samples != manifest["n_images"]:
         msg = (f"{folder}: the tensors hold {gaussian.n_samples} images, the manifest says"
                f" {manifest['n_images']}")
