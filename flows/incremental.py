@@ -30,7 +30,7 @@ from padim_plugin.gaussian import StreamingGaussian, UnsafeDowndateError
 from padim_plugin.statistics import StatisticsError, load_statistics, read_metadata, save_statistics
 
 from .config import FitParams, LineParams
-from .data import DataStore, DataVersion
+from .data import DataStore, DataVersion, DataVersionError
 
 logger = logging.getLogger(__name__)
 
@@ -215,8 +215,8 @@ def refit_statistics(params: LineParams, data: DataVersion, root: Path, work_dir
             gaussian = _continue_from(plan, params, root, data, work_dir, store)
             report = FitReport("incremental", len(plan.added) + len(plan.removed), len(plan.added),
                                len(plan.removed), plan.base.data_md5, plan.reason)
-        except (UnsafeDowndateError, StatisticsError) as error:
-            plan = RefitPlan(None, reason=f"{plan.reason}, but {error}")
+        except (UnsafeDowndateError, StatisticsError, DataVersionError, FileNotFoundError) as error:
+            plan = RefitPlan(None, reason=f"{plan.reason}, but {error}")  # e.g. the base version is gone
     if gaussian is None:
         gaussian = embed_statistics(params, data.path, work_dir / "statistics")
         report = FitReport("full", gaussian.n_samples, reason=plan.reason)
