@@ -106,6 +106,15 @@ class GateParams(_Strict):
         return bounds
 
 
+class FitParams(_Strict):
+    """How a retrain fits (flows.incremental): from the statistics kept from an earlier fit of the
+    same params and code when only training images changed, else from all the images."""
+
+    incremental: bool = True
+    max_removed_share: float = Field(0.5, gt=0, le=1)  # of the kept images; above: full refit
+    min_kept_variance: float = Field(0.1, gt=0, lt=1)  # a downdate keeping less of one: full refit
+
+
 class LineParams(_Strict):
     """Everything that decides how one product line's model is fitted, evaluated and promoted."""
 
@@ -115,6 +124,7 @@ class LineParams(_Strict):
     thresholds: ThresholdParams = ThresholdParams()
     export: ExportParams = ExportParams()
     gates: GateParams = GateParams()
+    fit: FitParams = FitParams()
 
     @field_validator("name")
     @classmethod

@@ -195,6 +195,14 @@ class DataStore:
             self._fetch_one_by_one(fs, line, expected, out, error)
         self._verify(expected, out)
 
+    def listing(self, line: str, rev: str) -> dict[str, str]:
+        """{path within the line: md5} of the version at ``rev``, from its DVC listing (checked
+        against the version's md5): what a fit can diff against another version's."""
+        from dvc.api import DVCFileSystem
+
+        rev = self.commit_of(rev)
+        return self._listing(DVCFileSystem(str(self.root), rev=rev), line, self.md5(line, rev))
+
     def _listing(self, fs: Any, line: str, md5: str) -> dict[str, str]:
         """{path within the line: md5} from the version's DVC ``.dir`` object, itself checked
         against ``md5`` (the listing's own hash, as DVC computes it)."""

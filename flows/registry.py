@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,10 +32,12 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from .config import LineParams
 from .data import DataVersion
 from .folders import locked
+from .incremental import StatisticsStore
 from .validation import check_line_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -45,6 +48,8 @@ PACKAGES = ("padim-plugin", "anomalib", "torch", "torchvision", "timm", "lightni
 SCORING_PACKAGES = ("anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 TUNING_TABLE = "tuning/grid.json"
+STATISTICS_ARTIFACTS = "statistics"  # a run's kept statistics (flows.incremental)
+KEPT = "kept"  # a version's padim.statistics tag while its run holds them
 LOCK_TTL_S = 120.0  # a lock not renewed for this long was abandoned (its holder died elsewhere)
 LOCK_POLL_S = 0.5
 # creating a lock generation failed because another writer got there first (or cleaned it up
@@ -192,11 +197,16 @@ class Registry:
         figures: dict[str, Path],
         cache_key: str,
         code_version: str,
+        fit: dict[str, str] | None = None,
+        statistics: Path | None = None,
     ) -> Candidate:
         """Log a run (params with the validation calibration, metrics with the reasons any are
         missing, lineage tags, figures, pyfunc model) and register it as ``@challenger``.
         Idempotent: a fit already registered under ``cache_key`` is returned. The caller holds the
-        line's lock, so a run of this fit still marked running was left by a killed process."""
+        line's lock, so a run of this fit still marked running was left by a killed process.
+        ``fit`` (flows.incremental.FitReport's tags and the statistics config) is logged as run
+        tags, ``statistics`` (the fit's kept statistics) as the run's ``statistics/`` artifacts, so
+        that a fit on another machine can continue from them."""
         line = params.name
         existing = self.find_candidate(line, cache_key)
         if existing is not None:
@@ -205,12 +215,23 @@ class Registry:
             return existing
         self._end_abandoned_runs(line, cache_key)
         tags = self._lineage_tags(data, cache_key, code_version)
+        fit = fit or {}
+        keeping = statistics is not None and statistics.is_dir()
+        if "statistics_config" in fit:
+            tags[f"{TAG}statistics_config"] = fit["statistics_config"]
+        if keeping:
+            tags[f"{TAG}statistics"] = KEPT
         run_name = f"{line}-{data.md5[:8]}"
         with mlflow.start_run(experiment_id=self._experiment(line), run_name=run_name) as run:
             mlflow.log_params(params.flat() | calibration)
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
             mlflow.set_tags(tags)
+            mlflow.set_tags({f"{TAG}{name}": value for name, value in fit.items()})
+            if "fit.embedded" in fit:
+                mlflow.log_metric("fit_images_embedded", int(fit["fit.embedded"]))
             mlflow.log_dict({"metrics": metrics, "unavailable": unavailable}, "metrics.json")
+            if keeping:
+                mlflow.log_artifacts(str(statistics), STATISTICS_ARTIFACTS)
             for figure in figures.values():
                 mlflow.log_artifact(str(figure), "figures")
             info = mlflow.pyfunc.log_model(
@@ -224,6 +245,58 @@ class Registry:
         version = mlflow.register_model(info.model_uri, model_name(line), tags=tags)
         self.client.set_registered_model_alias(model_name(line), CHALLENGER, version.version)
         return Candidate(str(version.version), run.info.run_id, decided=False)
+
+    def fetch_statistics(self, line: str, config: str, store: StatisticsStore) -> list[str]:
+        """Download into ``store`` the kept statistics of the line's champion and latest version
+        that have this statistics config and that ``store`` lacks (fitted on another machine);
+        returns their cache keys."""
+        fetched = []
+        for version in self._statistics_behind(line):
+            key = version.tags.get(f"{TAG}cache_key", "")
+            if (version.tags.get(f"{TAG}statistics") != KEPT or store.get(key) is not None
+                    or version.tags.get(f"{TAG}statistics_config") != config):
+                continue
+            store.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".download-", dir=store.root) as folder:
+                try:
+                    path = mlflow.artifacts.download_artifacts(run_id=version.run_id, dst_path=folder,
+                                                               artifact_path=STATISTICS_ARTIFACTS,
+                                                               tracking_uri=self.uri)
+                except (MlflowException, OSError) as error:
+                    log.warning("%s v%s: its kept statistics cannot be downloaded: %s", line, version.version,
+                                error)
+                    continue
+                store.adopt(key, Path(path))
+                fetched.append(key)
+        return fetched
+
+    def collect_statistics(self, line: str, store: StatisticsStore) -> int:
+        """Keep statistics only behind the line's champion and latest version: the others are
+        deleted from ``store`` and from their runs' artifacts (their versions tagged so). Returns
+        the bytes freed in ``store``."""
+        behind = self._statistics_behind(line)
+        freed = store.collect_garbage(line, {version.tags.get(f"{TAG}cache_key", "") for version in behind})
+        keep = {str(version.version) for version in behind}
+        kept = self.client.search_model_versions(
+            f"name = '{model_name(line)}' and tags.`{TAG}statistics` = '{KEPT}'")
+        for version in kept:
+            if str(version.version) in keep:
+                continue
+            artifact_uri = self.client.get_run(version.run_id).info.artifact_uri
+            try:
+                get_artifact_repository(artifact_uri).delete_artifacts(STATISTICS_ARTIFACTS)
+            except (MlflowException, OSError) as error:
+                log.warning("%s v%s: its kept statistics cannot be deleted: %s", line, version.version, error)
+                continue
+            self._tag(line, str(version.version), statistics="deleted")
+        return freed
+
+    def _statistics_behind(self, line: str) -> list[ModelVersion]:
+        """The line's champion and latest version (the fits a next fit would continue from)."""
+        found = self.client.search_model_versions(f"name = '{model_name(line)}'")
+        latest = max(found, key=lambda version: int(version.version), default=None)
+        champion = self.champion(line) if found else None
+        return list({str(v.version): v for v in (champion, latest) if v is not None}.values())
 
     def log_tuning(self, line: str, data: DataVersion, grid: list[dict[str, Any]], winner: dict[str, Any],
                    scores: dict[str, float]) -> str:

@@ -26,6 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from .config import LineParams, load_params
 from .data import DataStore, DataVersion
 from .gates import Decision, decide
+from .incremental import StatisticsStore, refit_statistics, statistics_config
 from .registry import TAG, Candidate, LineLock, Registry
 from .validation import validate_line
 
@@ -43,6 +44,8 @@ class TrainedModel:
     unavailable: dict[str, str]  # metric -> why the test split cannot give it
     calibration: dict[str, float | str]  # thresholds and normalisation, from validation only
     figures: dict[str, str]
+    fit: dict[str, str] = field(default_factory=dict)  # flows.incremental.FitReport: path taken, images
+    statistics_path: str = ""  # the kept statistics (.padim/statistics/<cache key>)
 
 
 @dataclass
@@ -77,6 +80,13 @@ def fit_cache_key(params: LineParams, data: DataVersion) -> str:
     return f"{params.name}-{digest[:24]}"
 
 
+def _task_cache_key(params: LineParams, data: DataVersion, root: Path) -> str:
+    """The fit's key in Prefect's result cache, which projects on one machine share: the files a
+    cached result names are the project's own."""
+    project = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    return f"{fit_cache_key(params, data)}-{project}"
+
+
 @task(name="pull data", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
 def pull_data(root: Path, line: str, rev: str | None) -> DataVersion:
     version = DataStore(root).pull(line, rev)
@@ -91,7 +101,8 @@ def validate_data(data: DataVersion, params: LineParams) -> None:
 
 @task(
     name="fit and evaluate",
-    cache_key_fn=lambda context, arguments: fit_cache_key(arguments["params"], arguments["data"]),
+    cache_key_fn=lambda context, arguments: _task_cache_key(arguments["params"], arguments["data"],
+                                                            arguments["root"]),
     persist_result=True,
 )
 def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> TrainedModel:
@@ -102,7 +113,12 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
     work = root / RUNS / key
     logger = get_run_logger()
     logger.info("%s: fitting %s on %s", params.name, params.model.backbone, data.path)
-    model, calibration = fit_line(params, data.path, work)
+    config = statistics_config(params, code_version())
+    if params.fit.incremental:  # statistics kept by fits on other machines, if this one lacks them
+        Registry(root).fetch_statistics(params.name, config, StatisticsStore(root))
+    statistics, report = refit_statistics(params, data, root, work, key, config)
+    logger.info("%s: %s", params.name, report.describe())
+    model, calibration = fit_line(params, data.path, work, statistics)
     model_path = save_model(model, params, work / "model", data.md5)
     evaluation = evaluate(model, params, data.path, work)
     write_metrics(evaluation, work / "metrics.json")
@@ -110,7 +126,9 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
                 _format_metrics(evaluation.metrics))
     return TrainedModel(key, str(model_path), evaluation.metrics, evaluation.unavailable,
                         calibration.as_params(),
-                        {name: str(path) for name, path in evaluation.figures.items()})
+                        {name: str(path) for name, path in evaluation.figures.items()},
+                        report.as_tags() | {"statistics_config": config},
+                        str(StatisticsStore(root).folder(key)))
 
 
 @task(name="register candidate", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
@@ -118,7 +136,7 @@ def register_candidate(root: Path, params: LineParams, data: DataVersion, traine
     return Registry(root).log_candidate(
         params, data, trained.metrics, trained.unavailable, trained.calibration, Path(trained.model_path),
         {name: Path(path) for name, path in trained.figures.items()}, trained.cache_key,
-        code_version(),
+        code_version(), trained.fit, Path(trained.statistics_path) if trained.statistics_path else None,
     )
 
 
@@ -163,6 +181,15 @@ def apply_decision(root: Path, line: str, version: str, decision: Decision) -> N
     Registry(root).record_decision(line, version, decision.promote, decision.reason)
 
 
+@task(name="collect kept statistics", cache_policy=NO_CACHE)
+def collect_statistics(root: Path, line: str) -> None:
+    """Keep statistics only behind the line's champion and latest version (bounded size)."""
+    store = StatisticsStore(root)
+    freed = Registry(root).collect_statistics(line, store)
+    kept = sum(fit.n_bytes for fit in store.kept(line))
+    get_run_logger().info("%s: kept statistics %.1f MB (%.1f MB freed)", line, kept / 2**20, freed / 2**20)
+
+
 @task(name="find a registered fit", cache_policy=NO_CACHE)
 def registered_fit(root: Path, params: LineParams, data: DataVersion) -> Candidate | None:
     """The version already registered for this data, params and code, if any."""
@@ -197,7 +224,8 @@ def fit_register_and_decide(project: Path, params: LineParams, data: DataVersion
                             lock: LineLock) -> LineResult:
     """The part of a retrain that writes a version and a decision (in the line's turn)."""
     trained = fit_and_evaluate(params, data, project)
-    if not (Path(trained.model_path) / "manifest.json").is_file():  # the cached fit's files were cleaned away
+    if not ((Path(trained.model_path) / "manifest.json").is_file()
+            and Path(trained.statistics_path).is_dir()):  # the cached fit's files were cleaned away
         trained = fit_and_evaluate.with_options(refresh_cache=True)(params, data, project)
     candidate = register_candidate(project, params, data, trained)  # found again after a crash
     champion = champion_scores(project, params, data, candidate.version)
@@ -208,6 +236,7 @@ def fit_register_and_decide(project: Path, params: LineParams, data: DataVersion
                           champion.version if champion else None, trained.unavailable)
     lock.check()
     apply_decision(project, params.name, candidate.version, decision)
+    collect_statistics(project, params.name)
     return LineResult(params.name, data.md5, trained.metrics, candidate.version,
                       "champion" if decision.promote else "challenger", decision.reason,
                       run_id=candidate.run_id)

@@ -7,11 +7,12 @@ same params and data.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 from torchvision.transforms.v2 import Resize
 
-from padim_plugin import StreamingPadim
+from padim_plugin import StreamingGaussian, StreamingPadim
 from padim_plugin.datamodule import MVTecLayout
 
 from .config import LineParams
@@ -54,29 +55,57 @@ def engine(work_dir: Path):  # noqa: ANN201  # anomalib.engine.Engine, imported 
     return Engine(accelerator="auto", devices=1, default_root_dir=work_dir, barebones=True)
 
 
-def fit_statistics(params: LineParams, data_path: Path, work_dir: Path) -> StreamingPadim:
-    """Stream the train role into a new model: finalized, and still holding its statistics (so
-    that another pooling can finalize them anew)."""
+def embed_statistics(params: LineParams, data_path: Path, work_dir: Path,
+                     images: Collection[str] | None = None) -> StreamingGaussian:
+    """Stream the train role's images (or only ``images``, paths within the line) through the
+    line's model and return their statistics, without fitting Gaussians to them."""
     model = build_model(params)
+    model.finalize_after_fit = False
     work_dir.mkdir(parents=True, exist_ok=True)
     datamodule = build_datamodule(params, data_path)
     datamodule.setup()
+    if images is not None:
+        dataset = datamodule.train_data
+        wanted = {str(data_path / image) for image in images}
+        dataset.samples = dataset.samples[dataset.samples.image_path.isin(wanted)].reset_index(drop=True)
+        missing = sorted(wanted - set(dataset.samples.image_path))
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} training image(s) not in {data_path}: {missing[:5]}")
     engine(work_dir).fit(model=model, train_dataloaders=datamodule.train_dataloader())
-    logger.info("%s: fitted on %d images", params.name, model.model.gaussian.n_samples)
+    logger.info("%s: embedded %d images", params.name, model.model.gaussian.n_samples)
+    return model.model.gaussian.cpu()
+
+
+def model_from_statistics(params: LineParams, statistics: StreamingGaussian) -> StreamingPadim:
+    """The line's model with its Gaussians fitted to ``statistics`` (which it then holds)."""
+    model = build_model(params)
+    model.model.gaussian = statistics
+    model.model.finalize()
     return model
 
 
-def fit_line(params: LineParams, data_path: Path, work_dir: Path) -> tuple[StreamingPadim, Calibration]:
-    """Fit on the train role, then set threshold and normalisation from the validation role only
-    (callers validate the data first). The test role is never read here.
+def fit_statistics(params: LineParams, data_path: Path, work_dir: Path) -> StreamingPadim:
+    """Stream the train role into a new model: finalized, and still holding its statistics (so
+    that another pooling can finalize them anew)."""
+    return model_from_statistics(params, embed_statistics(params, data_path, work_dir))
 
-    The fitted model keeps the mean and whitening factor it scores with and drops the streamed
-    statistics (they are only needed to keep fitting), so the saved model stays small.
+
+def fit_line(params: LineParams, data_path: Path, work_dir: Path,
+             statistics: StreamingGaussian | None = None) -> tuple[StreamingPadim, Calibration]:
+    """Fit on the train role (or on its ``statistics``, gathered already), then set threshold and
+    normalisation from the validation role only (callers validate the data first). The test role
+    is never read here.
+
+    The fitted model keeps the mean and whitening factor it scores with, not the streamed
+    statistics (they are only needed to keep fitting, see flows.incremental), so the saved model
+    stays small.
     """
     from .predictions import predict_role
 
-    model = fit_statistics(params, data_path, work_dir)
-    model.model.gaussian.reset()
+    if statistics is None:
+        statistics = embed_statistics(params, data_path, work_dir)
+    model = model_from_statistics(params, statistics)
+    model.model.gaussian = StreamingGaussian()
     validation = predict_role(model, params, data_path, "validation", work_dir)
     calibration = calibrate(validation.labels, validation.scores, validation.pixel_labels,
                             validation.pixel_scores, validation.map_range, params.thresholds.normal_quantile)

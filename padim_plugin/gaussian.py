@@ -8,7 +8,9 @@ Numerics: sums are taken of ``x - shift``, where the shift is the first batch's 
 common offset never meets the sums (the "shifted data" algorithm). Each batch is folded into a
 running sum in the embedding's own precision by one fused batched matmul-add, and that sum is
 flushed into float64 totals every ``flush_every`` batches, which bounds rounding error whatever
-the number of images. Partial fits (shards, devices) merge exactly with Chan et al.'s formula.
+the number of images. Partial fits (shards, devices) merge exactly: the other fit's sums are moved
+onto this one's shift by a rank-2 correction and added. The same taken away removes a subset of
+the images again (a downdate), so a refit after images were removed needs to embed only those.
 """
 
 from __future__ import annotations
@@ -26,27 +28,17 @@ from .pooling import pool_statistics
 POSITION_CHUNK = 256
 
 
+# a downdate that leaves less than this share of any variance is refused: the rounding of the
+# statistics (float32 batch sums, flushed to float64) would grow by the inverse of that share
+MIN_KEPT_VARIANCE = 0.1
+
+
 class NotFittedError(RuntimeError):
     """Raised when a model is used for scoring or export before it has been fitted."""
 
 
-def combine_statistics(
-    count_a: torch.Tensor,
-    mean_a: torch.Tensor,
-    scatter_a: torch.Tensor,
-    count_b: torch.Tensor,
-    mean_b: torch.Tensor,
-    scatter_b: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge two sets of centered statistics exactly (Chan, Golub, LeVeque 1979).
-
-    ``mean`` is (P, C) and ``scatter`` (P, C, C), the sum of outer products about the mean.
-    """
-    count = count_a + count_b
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (count_b / count)
-    scatter = scatter_a + scatter_b + (count_a * count_b / count) * _outer(delta)
-    return count, mean, scatter
+class UnsafeDowndateError(ValueError):
+    """Removing statistics would leave too few images or lose precision: refit from the images."""
 
 
 def _outer(vectors: torch.Tensor) -> torch.Tensor:
@@ -186,14 +178,69 @@ class StreamingGaussian(nn.Module):
         """Fold another partial fit (e.g. from another shard) into this one; returns self."""
         if other.n_samples == 0:
             return self
+        other.flush()
         if self.n_samples == 0:
-            self._set_centered(*other.centered())
-            self.grid = other.grid.clone()
+            self.reset()
+            for name in ("count", "shift", "shifted_sum", "shifted_scatter", "grid"):
+                setattr(self, name, getattr(other, name).clone())
             return self
         if self.shape != other.shape:
             raise ValueError(f"cannot merge statistics of shape {other.shape} into {self.shape}")
-        self._set_centered(*combine_statistics(*self.centered(), *other.centered()))
+        self._fold(other, sign=1.0)
         return self
+
+    def subtract(self, other: StreamingGaussian, min_kept_variance: float = MIN_KEPT_VARIANCE
+                 ) -> StreamingGaussian:
+        """Take out the statistics of images that were folded in before (an exact downdate);
+        returns self.
+
+        Raises :class:`UnsafeDowndateError`, leaving self unchanged, when fewer than two images
+        would remain or when any position would keep less than ``min_kept_variance`` of a
+        channel's variance (the removed images carried most of it, and what is left would be
+        dominated by rounding): then refit from the remaining images instead.
+        """
+        if other.n_samples == 0:
+            return self
+        if self.shape != other.shape:
+            raise ValueError(f"cannot subtract statistics of shape {other.shape} from {self.shape}")
+        if self.n_samples - other.n_samples < 2:
+            msg = (f"removing {other.n_samples} of {self.n_samples} images leaves fewer than 2:"
+                   " refit from the remaining images")
+            raise UnsafeDowndateError(msg)
+        self.flush()
+        other.flush()
+        moved_sum, half, delta = self._about_own_shift(other)
+        diagonal = self.shifted_scatter.diagonal(0, -2, -1)
+        before = diagonal - self.shifted_sum.square() / self.count  # each channel's scatter about its mean
+        removed = other.shifted_scatter.diagonal(0, -2, -1) + 2 * half * delta
+        after = diagonal - removed - (self.shifted_sum - moved_sum).square() / (self.count - other.count)
+        kept = torch.where(before > 0, after / before, torch.ones_like(before))
+        lowest = float(kept.min())
+        if not lowest >= min_kept_variance:
+            position, channel = divmod(int(kept.argmin()), kept.shape[1])
+            msg = (f"removing {other.n_samples} of {self.n_samples} images would leave {lowest:.2%} of"
+                   f" the variance of channel {channel} at position {position} (below"
+                   f" {min_kept_variance:.0%}): too little to keep precision, refit from the images")
+            raise UnsafeDowndateError(msg)
+        self._fold(other, sign=-1.0)
+        return self
+
+    def _about_own_shift(self, other: StreamingGaussian) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(sum, u, delta)``: about this fit's shift, ``other``'s sum is ``sum`` and its scatter
+        is its own plus ``u delta^T + delta u^T`` (u = its sum + its count x delta / 2, delta the
+        difference of the shifts), so no (P, C, C) copy is made."""
+        delta = other.shift - self.shift
+        return other.shifted_sum + other.count * delta, other.shifted_sum + other.count / 2 * delta, delta
+
+    def _fold(self, other: StreamingGaussian, sign: float) -> None:
+        """Add (sign 1) or take out (sign -1) another fit's statistics, in place (exact: no
+        re-centering, only sums about this fit's shift)."""
+        moved_sum, half, delta = self._about_own_shift(other)
+        self.count += sign * other.count
+        self.shifted_sum.add_(moved_sum, alpha=sign)
+        self.shifted_scatter.add_(other.shifted_scatter, alpha=sign)
+        self.shifted_scatter.baddbmm_(torch.stack([half, delta], dim=-1), torch.stack([delta, half], dim=-2),
+                                      alpha=sign)
 
     def all_reduce(self) -> None:
         """Pool the partial statistics of every rank of the default process group, in place.

@@ -91,6 +91,10 @@ class StreamingPadim(AnomalibModule):
             channel_reduction=channel_reduction,
         )
         self._samples_left: int | None = None
+        self._fit_pending = False
+        # False: a fit only gathers the statistics (model.gaussian), e.g. of images to merge into
+        # or take out of kept ones; model.finalize() then fits the Gaussians once they are complete
+        self.finalize_after_fit = True
 
     @staticmethod
     def configure_optimizers() -> None:
@@ -121,6 +125,7 @@ class StreamingPadim(AnomalibModule):
         """Start every fit from empty statistics, and learn how many samples this rank owns."""
         self.model.reset()
         self._samples_left = _unpadded_share(self.trainer.train_dataloader)
+        self._fit_pending = True
 
     def training_step(self, batch: Batch, batch_idx: int, *args, **kwargs) -> torch.Tensor:
         del args, kwargs
@@ -142,9 +147,12 @@ class StreamingPadim(AnomalibModule):
         self._finalize_pending_fit()
 
     def _finalize_pending_fit(self) -> None:
-        if self.model.is_fitted or self.trainer.state.fn != TrainerFn.FITTING:
+        if not self._fit_pending or self.trainer.state.fn != TrainerFn.FITTING:
             return
+        self._fit_pending = False
         self.model.gaussian.all_reduce()
+        if not self.finalize_after_fit:
+            return
         positions, _ = self.model.gaussian.shape
         logger.info("Fitting %d Gaussians from %d images.", positions, self.model.gaussian.n_samples)
         self.model.finalize()

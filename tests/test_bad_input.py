@@ -310,7 +310,7 @@ BAD_PARAMS = {
                               "unknown top-level keys ['defualts'] (expected defaults, lines)"),
     "unknown key in defaults": ("defaults: {modle: {}}\n",
                                 "defaults.modle: unknown key (allowed here: model, data, thresholds, export,"
-                                " gates)"),
+                                " gates, fit)"),
     "unknown key in a line": ("lines:\n  alpha: {dat: {}}\n",
                               "product line 'alpha': lines.alpha.dat: unknown key"),
     "unknown key in model": ("defaults:\n  model: {n_feature: 50}\n",
@@ -348,7 +348,13 @@ BAD_PARAMS = {
                        " (got 'everywhere')"),
     "unknown export dtype": ("defaults:\n  export: {dtype: int8}\n",
                              "defaults.export.dtype: Input should be 'float32' or 'float16' (got 'int8')"),
+    "text for a boolean": ("defaults:\n  fit: {incremental: sometimes}\n",
+                           "defaults.fit.incremental: Input should be a valid boolean (got 'sometimes')"),
     # impossible values
+    "max_removed_share 0": ("defaults:\n  fit: {max_removed_share: 0}\n",
+                            "defaults.fit.max_removed_share: Input should be greater than 0 (got 0)"),
+    "min_kept_variance 1": ("lines:\n  alpha: {fit: {min_kept_variance: 1}}\n",
+                            "lines.alpha.fit.min_kept_variance: Input should be less than 1 (got 1)"),
     "n_features 0": ("lines:\n  alpha: {model: {n_features: 0}}\n",
                      "lines.alpha.model.n_features: Input should be greater than 0 (got 0)"),
     "epsilon -1": ("defaults:\n  model: {epsilon: -1}\n",

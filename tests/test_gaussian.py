@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from padim_plugin.gaussian import StreamingGaussian, mahalanobis
+from padim_plugin.gaussian import StreamingGaussian, UnsafeDowndateError, mahalanobis
+from padim_plugin.statistics import StatisticsError, load_statistics, save_statistics
 
 
 def two_pass(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +70,57 @@ def test_merge_of_shards_equals_fit_on_all() -> None:
     assert merged.n_samples == 60
     torch.testing.assert_close(merged.mean(), whole.mean(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(merged.covariance(), whole.covariance(), rtol=1e-10, atol=1e-12)
+
+
+def test_subtracting_removed_images_equals_the_two_pass_fit_on_the_rest() -> None:
+    """Fit all, add some more, take some of the first ones out: the rest's two-pass moments."""
+    generator = torch.Generator().manual_seed(5)
+    mixing = torch.randn(5, 5, generator=generator, dtype=torch.float64)
+    data = (torch.randn(90, 2 * 3, 5, generator=generator, dtype=torch.float64) @ mixing + 20.0)
+    embeddings = data.permute(0, 2, 1).reshape(90, 5, 2, 3).float()
+    kept, removed, added = embeddings[:60], embeddings[60:70], embeddings[70:]
+    gaussian = stream(torch.cat([kept, removed]), batch_size=8)
+    gaussian.merge(stream(added, batch_size=3)).subtract(stream(removed, batch_size=4))
+    mean, covariance = two_pass(torch.cat([kept, added]).flatten(2).numpy())
+    assert gaussian.n_samples == 80
+    assert_close(gaussian.mean(), mean, rtol=1e-6)
+    assert_close(gaussian.covariance(epsilon=0.0), covariance, rtol=1e-6)
+
+
+def test_a_downdate_that_removes_most_of_a_variance_is_refused_and_changes_nothing() -> None:
+    """The removed images are the only ones that vary in channel 1: what is left is rounding."""
+    generator = torch.Generator().manual_seed(6)
+    quiet = torch.randn(40, 3, 2, 2, generator=generator)
+    quiet[:, 1] = 7.0 + 1e-4 * quiet[:, 1]
+    loud = torch.randn(10, 3, 2, 2, generator=generator) * 5
+    gaussian = stream(torch.cat([quiet, loud]), batch_size=16)
+    before = {name: value.clone() for name, value in gaussian.state_dict().items()}
+    with pytest.raises(UnsafeDowndateError, match="variance of channel 1"):
+        gaussian.subtract(stream(loud, batch_size=16))
+    assert all(torch.equal(value, gaussian.state_dict()[name]) for name, value in before.items())
+
+
+def test_a_downdate_leaving_fewer_than_two_images_is_refused() -> None:
+    embeddings = torch.randn(5, 2, 1, 1)
+    with pytest.raises(UnsafeDowndateError, match="removing 4 of 5 images leaves fewer than 2"):
+        stream(embeddings, batch_size=2).subtract(stream(embeddings[1:], batch_size=2))
+
+
+def test_kept_statistics_round_trip_exactly_through_a_file(tmp_path) -> None:  # noqa: ANN001
+    gaussian = stream(torch.randn(30, 4, 3, 5) + 3.0, batch_size=7)
+    size = save_statistics(gaussian, tmp_path / "kept", {"images": {"train/good/a.png": "0" * 32}})
+    loaded = load_statistics(tmp_path / "kept")
+    assert size == sum(path.stat().st_size for path in (tmp_path / "kept").iterdir())
+    for name, value in gaussian.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_damaged_kept_statistics_are_refused_naming_the_file(tmp_path) -> None:  # noqa: ANN001
+    save_statistics(stream(torch.randn(8, 3, 2, 2), batch_size=4), tmp_path / "kept", {})
+    tensors = tmp_path / "kept" / "tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    with pytest.raises(StatisticsError, match="tensors.safetensors"):
+        load_statistics(tmp_path / "kept")
 
 
 def test_merge_rejects_other_shapes() -> None:

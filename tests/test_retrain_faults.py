@@ -26,6 +26,7 @@ from .projects import init_project, tiny_params, versions
 KILL_POINTS = {
     "during-pull": KillPoint("dvc_objects.fs.local:LocalFileSystem.put_file", call=3),  # 3rd file copied
     "during-fit": KillPoint("padim_plugin.gaussian:StreamingGaussian.update", call=2),
+    "while-keeping-statistics": KillPoint("padim_plugin.statistics:save_statistics"),
     "during-evaluation": KillPoint("flows.evaluate:image_metrics"),
     "during-logging": KillPoint("mlflow.pyfunc:log_model"),
     "after-registration": KillPoint("mlflow:register_model", after=True),
