@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -37,8 +37,10 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from .config import LineParams
 from .data import DataVersion
 from .folders import locked
-from .incremental import StatisticsStore
 from .validation import check_line_name
+
+if TYPE_CHECKING:  # the store is handed in: it writes the files, this module only MLflow
+    from .incremental import StatisticsStore
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG = "padim."

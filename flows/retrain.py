@@ -113,9 +113,9 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
     work = root / RUNS / key
     logger = get_run_logger()
     logger.info("%s: fitting %s on %s", params.name, params.model.backbone, data.path)
-    config = statistics_config(params, code_version())
+    config, store = statistics_config(params, code_version()), StatisticsStore(root)
     if params.fit.incremental:  # statistics kept by fits on other machines, if this one lacks them
-        Registry(root).fetch_statistics(params.name, config, StatisticsStore(root))
+        Registry(root).fetch_statistics(params.name, config, store)
     statistics, report = refit_statistics(params, data, root, work, key, config)
     logger.info("%s: %s", params.name, report.describe())
     model, calibration = fit_line(params, data.path, work, statistics)
@@ -128,7 +128,7 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
                         calibration.as_params(),
                         {name: str(path) for name, path in evaluation.figures.items()},
                         report.as_tags() | {"statistics_config": config},
-                        str(StatisticsStore(root).folder(key)))
+                        str(store.folder(key)))
 
 
 @task(name="register candidate", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])

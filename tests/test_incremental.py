@@ -71,7 +71,7 @@ def kept_of_latest(root: Path) -> Path:
 def test_a_retrain_after_added_and_removed_images_embeds_only_those_and_equals_a_full_refit(
         two_versions: tuple[Path, str], tmp_path: Path) -> None:
     root, first_rev = two_versions
-    before, after = train_images(snapshot(root, first_rev)), None
+    before = train_images(snapshot(root, first_rev))
     assert main(["--root", str(root), "retrain", "alpha"]) == 0
     after = train_images(snapshot(root, "HEAD"))
     added = {path for path, md5 in after.items() if before.get(path) != md5}
