@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .folders import write_atomically
 from .validation import check_line_name
 
-# Every metric flows.evaluate logs (test split, at the validation threshold): gates may name any.
+# Every metric flows.evaluate logs (test split, at the validation threshold, with the rates the
+# threshold gave on validation): gates may name any.
 METRICS = (
     "image_auroc", "image_f1", "image_precision", "image_recall", "test_normal_fpr",
+    "image_recall_low", "image_recall_high", "test_normal_fpr_low", "test_normal_fpr_high",
+    "validation_normal_fpr", "validation_recall",
     "test_normal_score_q50", "test_normal_score_q95", "test_normal_score_q99",
     "pixel_auroc", "pixel_aupro",
     "train_images", "validation_normal_images", "validation_defect_images", "test_normal_images",
     "test_defect_images", "pixel_eval_images", "pixel_eval_defect_images",
 )
+PIXEL_METRICS = ("pixel_auroc", "pixel_aupro")
+# the metrics of the operating point, compared with the champion's whatever the gates name, and
+# the direction each is better in (a false-alarm rate is better lower)
+OPERATING_POINT = {"test_normal_fpr": -1, "image_recall": 1, "image_f1": 1}
 
 
 class _Strict(BaseModel):
@@ -81,9 +88,14 @@ class DataParams(_Strict):
 
 
 class ThresholdParams(_Strict):
-    """How the image and pixel thresholds are chosen, on the validation split only."""
+    """How the image threshold (the line's operating point) and the pixel threshold are chosen, on
+    the validation split only (flows.thresholds)."""
 
-    normal_quantile: float = Field(0.995, gt=0, lt=1)  # rule when validation has no defects
+    rule: Literal["false_alarm_budget", "min_recall", "f1"] = "false_alarm_budget"
+    false_alarm_budget: float = Field(0.05, gt=0, lt=1)  # share of normal parts flagged, at most
+    confidence: float = Field(0.9, gt=0, lt=1)  # of the budget's exact binomial upper bound
+    min_recall: float = Field(0.9, gt=0, le=1)  # rule min_recall: share of validation defects flagged
+    normal_quantile: float = Field(0.995, gt=0, lt=1)  # pixel threshold (and rule f1) without defects
 
 
 class ExportParams(_Strict):
@@ -93,16 +105,31 @@ class ExportParams(_Strict):
 
 
 class GateParams(_Strict):
+    """Promotion to @champion (flows.gates): bounds on the candidate's test metrics, a ceiling on its
+    test false-alarm rate derived from the line's budget, and no step back from the champion."""
+
     floors: dict[str, float] = {}     # metric >= value
+    pixel_floors: dict[str, float] = {}  # pixel metric >= value, only where the line has masks
     ceilings: dict[str, float] = {}   # metric <= value
+    # test_normal_fpr <= the false_alarm_allowance quantile of Binomial(test normals, budget) / test
+    # normals: the budget plus what chance adds on a test split of that size; null: no such ceiling
+    false_alarm_allowance: float | None = Field(0.95, gt=0, lt=1)
     max_drop: float = Field(0.01, ge=0)
 
-    @field_validator("floors", "ceilings")
+    @field_validator("floors", "ceilings", "pixel_floors")
     @classmethod
     def _known_metrics(cls, bounds: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(bounds) - set(METRICS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; gates can use {list(METRICS)}")
+        return bounds
+
+    @field_validator("pixel_floors")
+    @classmethod
+    def _pixel_metrics(cls, bounds: dict[str, float]) -> dict[str, float]:
+        other = sorted(set(bounds) - set(PIXEL_METRICS))
+        if other:
+            raise ValueError(f"{other} are not pixel metrics ({list(PIXEL_METRICS)}): put them under floors")
         return bounds
 
 
@@ -125,6 +152,9 @@ class LineParams(_Strict):
     export: ExportParams = ExportParams()
     gates: GateParams = GateParams()
     fit: FitParams = FitParams()
+    # auto: a candidate that passes its gates becomes champion; approval: it waits as pending
+    # until 'padim-mlops approve' or 'reject'
+    promotion: Literal["auto", "approval"] = "auto"
 
     @field_validator("name")
     @classmethod
@@ -136,13 +166,19 @@ class LineParams(_Strict):
         return dict(_flatten(self.model_dump(exclude={"name"})))
 
 
+def unknown_line(name: str, known: Iterable[str]) -> str:
+    """What every command says of a line params.yaml does not list."""
+    listed = ", ".join(sorted(known)) or "none yet: add one with 'padim-mlops data add'"
+    return f"unknown product line {name!r} (params.yaml lists: {listed})"
+
+
 class ProjectParams(_Strict):
     defaults: dict[str, Any]
     lines: dict[str, LineParams]
 
     def line(self, name: str) -> LineParams:
         if name not in self.lines:
-            raise KeyError(f"product line {name!r} is not in params.yaml (known: {sorted(self.lines)})")
+            raise KeyError(unknown_line(name, self.lines))
         return self.lines[name]
 
     def line_or_defaults(self, name: str) -> LineParams:
@@ -275,25 +311,72 @@ def lists_line(text: str | None, name: str) -> bool:
     return isinstance(lines, dict) and name in lines
 
 
-def register_line(path: str | Path, name: str) -> bool:
-    """Add ``lines.<name>: {}`` to params.yaml, keeping its comments; False if already there."""
+def with_line_entry(text: str | None, name: str) -> str:
+    """params.yaml's ``text`` with ``lines.<name>: {}`` added, every other byte kept where the file's
+    shape allows (an entry appended to a block ``lines:`` mapping, or a ``lines:`` section added);
+    else a round trip that keeps comments and writes null as ``null``. The result is checked to
+    load as the same document plus the new line."""
+    check_line_name(name)
+    text = text or ""
+    document = yaml.safe_load(text) or {}
+    if not isinstance(document, dict):
+        raise ValueError(f"params.yaml: expected a mapping with keys defaults and lines, got"
+                         f" {_kind(document)}")
+    lines = document.get("lines")
+    if isinstance(lines, dict) and name in lines:
+        return text
+    expected = {**document, "lines": {**(lines or {}), name: {}}}
+    key = name if yaml.safe_load(f"{name}: 0") == {name: 0} else f"'{name}'"  # 'true', 'null', 'on' ...
+    for candidate in (_appended_entry(text, key, lines), _round_trip_entry(text, name)):
+        if candidate is not None and yaml.safe_load(candidate) == expected:
+            return candidate
+    raise ValueError(f"params.yaml: cannot add product line {name!r} to its lines: section; add it by hand")
+
+
+def _appended_entry(text: str, key: str, lines: object) -> str | None:
+    """The entry inserted as text: after the last line of a block ``lines:`` mapping, or as a new
+    ``lines:`` section at the end; None where the section has another shape."""
+    rows = text.splitlines(keepends=True)
+    if rows and not rows[-1].endswith("\n"):
+        rows[-1] += "\n"
+    starts = [i for i, row in enumerate(rows) if re.match(r"lines\s*:", row)]
+    if lines is None and not starts:
+        return "".join(rows) + f"lines:\n  {key}: {{}}\n"
+    if len(starts) != 1:
+        return None
+    start = starts[0]
+    if not isinstance(lines, dict) or not lines:  # 'lines:' or 'lines: {}': the entry becomes its block
+        comment = re.search(r"\s+#.*$", rows[start].rstrip("\n"))
+        rows[start] = "lines:" + (comment.group(0) if comment else "") + f"\n  {key}: {{}}\n"
+        return "".join(rows)
+    last, indent = start, None
+    for i in range(start + 1, len(rows)):
+        row = rows[i]
+        if not row.strip() or row.lstrip().startswith("#"):
+            continue
+        if not row[0].isspace():
+            break
+        last = i
+        if indent is None:
+            indent = row[: len(row) - len(row.lstrip())]
+    if indent is None:
+        return None
+    return "".join(rows[: last + 1] + [f"{indent}{key}: {{}}\n"] + rows[last + 1 :])
+
+
+def _round_trip_entry(text: str, name: str) -> str:
     from ruamel.yaml import YAML
 
-    check_line_name(name)
-    path = Path(path)
     round_trip = YAML()
-    document = round_trip.load(path.read_text())
-    if document is None:  # an empty params.yaml: every setting at its default, no lines yet
-        document = {}
+    round_trip.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    document = round_trip.load(text) or {}
     if document.get("lines") is None:
         document["lines"] = {}
-    if name in document["lines"]:
-        return False
     document["lines"][name] = {}
-    text = io.StringIO()
-    round_trip.dump(document, text)
-    write_atomically(path, text.getvalue())  # another command may be reading params.yaml now
-    return True
+    out = io.StringIO()
+    round_trip.dump(document, out)
+    return out.getvalue()
 
 
 def set_line_model_options(path: str | Path, name: str, options: dict[str, Any]) -> None:

@@ -1,11 +1,14 @@
 """Score a model on a product line's test split: metrics, and the figures a reviewer looks at.
 
 Threshold-free metrics (image AUROC; pixel AUROC and AUPRO over FPR up to 0.3, on the test images
-with ground truth) come from raw scores. Thresholded ones use the threshold the model took from
-the validation split: image F1, precision and recall, and the false-positive rate on test normal
-images, with quantiles of their scores. A metric the test split cannot give (no defects, no masks)
-is absent, and ``unavailable`` says why, for the gates to report. Figures: a grid of test images
-with heatmaps and ground-truth outlines, the ROC curve, and score histograms per label.
+with ground truth) come from raw scores. Thresholded ones use the threshold the model took from the
+validation split: image F1, precision and recall, and the false-positive rate on test normal
+images, with quantiles of their scores; the false-alarm rate and the recall carry exact (Clopper-
+Pearson) 95% intervals, since a test split of a few dozen images pins neither down. A metric the
+test split cannot give (no defects, no masks) is absent, and ``unavailable`` says why, for the
+gates to report. Figures: the heatmaps of the worst false alarms, the missed defects and the hits
+on one colour scale, the ROC curve, and the operating point (score histograms and the false-
+alarm/recall curve at the threshold).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from padim_plugin import StreamingPadim
 from padim_plugin.mvtec import mvtec_samples
-from padim_plugin.scoring import raw_image_threshold
+from padim_plugin.scoring import raw_image_threshold, raw_pixel_threshold
 
 from .config import LineParams
 from .predictions import Predictions, predict_role
+from .thresholds import proportion_interval
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
@@ -65,7 +69,8 @@ def evaluate(model: StreamingPadim, params: LineParams, data_path: Path, work_di
         why = NO_MASKS if (test.labels == 1).any() else NO_DEFECTS
         unavailable |= {"pixel_auroc": why, "pixel_aupro": why}
     evaluation = Evaluation(metrics, unavailable, test.image_paths, test.labels, test.scores)
-    evaluation.figures = draw_figures(evaluation, test.batches, work_dir / "figures", threshold)
+    evaluation.figures = draw_figures(evaluation, test.batches, work_dir / "figures", threshold,
+                                      raw_pixel_threshold(model))
     return evaluation
 
 
@@ -77,20 +82,27 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
     normal, defect = scores[~labels], labels.sum()
     result: dict[str, float | str] = {}
     if len(normal):
-        result["test_normal_fpr"] = float(predicted[~labels].mean())
+        false_alarms = int(predicted[~labels].sum())
+        result["test_normal_fpr"] = false_alarms / len(normal)
+        result["test_normal_fpr_low"], result["test_normal_fpr_high"] = proportion_interval(false_alarms,
+                                                                                            len(normal))
         for q in (50, 95, 99):
             result[f"test_normal_score_q{q}"] = float(np.percentile(normal, q))
     else:
-        result |= dict.fromkeys(("test_normal_fpr", "test_normal_score_q50", "test_normal_score_q95",
-                                 "test_normal_score_q99"), NO_NORMALS)
+        result |= dict.fromkeys(("test_normal_fpr", "test_normal_fpr_low", "test_normal_fpr_high",
+                                 "test_normal_score_q50", "test_normal_score_q95", "test_normal_score_q99"),
+                                NO_NORMALS)
     if defect:
         true_positives = float((predicted & labels).sum())
         recall = true_positives / defect
+        result["image_recall_low"], result["image_recall_high"] = proportion_interval(int(true_positives),
+                                                                                      int(defect))
         precision = true_positives / predicted.sum() if predicted.any() else 0.0
         result["image_recall"], result["image_precision"] = recall, precision
         result["image_f1"] = 2 * precision * recall / (precision + recall) if true_positives else 0.0
     else:
-        result |= dict.fromkeys(("image_recall", "image_precision", "image_f1"), NO_DEFECTS)
+        result |= dict.fromkeys(("image_recall", "image_recall_low", "image_recall_high", "image_precision",
+                                 "image_f1"), NO_DEFECTS)
     if defect and len(normal):
         result["image_auroc"] = float(roc_auc_score(labels, scores))
     else:
@@ -132,32 +144,63 @@ def write_metrics(evaluation: Evaluation, path: Path) -> Path:
     return path
 
 
-def draw_figures(evaluation: Evaluation, batches: list, folder: Path, threshold: float) -> dict[str, Path]:
+def draw_figures(evaluation: Evaluation, batches: list, folder: Path, threshold: float,
+                 pixel_threshold: float) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return {
-        "heatmaps": _heatmap_grid(batches, folder / "heatmaps.png"),
+        "heatmaps": _heatmap_panel(batches, folder / "heatmaps.png", threshold, pixel_threshold),
         "roc": _roc_figure(evaluation, folder / "roc.png"),
-        "histogram": _histogram(evaluation, folder / "score_histogram.png", threshold),
+        "operating_point": _operating_point(evaluation, folder / "operating_point.png", threshold),
     }
 
 
-def _heatmap_grid(batches: list, path: Path, columns: int = 6, rows: int = 3) -> Path:
-    """The highest-scoring test images: image, heatmap overlay, ground-truth outline."""
-    samples = [(float(s), b, i) for b in batches for i, s in enumerate(b.pred_score.flatten())]
-    samples.sort(key=lambda sample: -sample[0])
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, (score, batch, index) in zip(axes.flat, samples, strict=False):
-        image = batch.image[index].float()
-        image = (image - image.min()) / (image.max() - image.min() + 1e-8)
-        axis.imshow(image.permute(1, 2, 0).cpu().numpy())
-        axis.imshow(batch.anomaly_map[index].squeeze().cpu().numpy(), cmap="jet", alpha=0.4)
-        if batch.gt_mask is not None and batch.gt_mask[index].any():
-            axis.contour(batch.gt_mask[index].squeeze().cpu().numpy(), levels=[0.5], colors="white",
-                         linewidths=1)
-        axis.set_title(f"{Path(batch.image_path[index]).parent.name} {score:.1f}", fontsize=8)
-    figure.tight_layout()
+def _heatmap_panel(batches: list, path: Path, threshold: float, pixel_threshold: float,
+                   per_row: int = 6) -> Path:
+    """What a reviewer checks first, one row each: the worst false alarms (highest-scored normal
+    images), the missed defects (lowest-scored defect images) and the hits (highest-scored defect
+    images flagged). One colour scale for every tile, a colour bar with the pixel threshold marked,
+    ground-truth outlines where masks exist."""
+    samples = [(float(score), int(batch.gt_label[index]), batch, index)
+               for batch in batches for index, score in enumerate(batch.pred_score.flatten())]
+    normal = sorted((x for x in samples if x[1] == 0), key=lambda x: -x[0])
+    defect = sorted((x for x in samples if x[1] == 1), key=lambda x: x[0])
+    rows = [("worst false alarms" if normal and normal[0][0] > threshold else "highest-scored normal",
+             normal[:per_row]),
+            ("missed defects", [x for x in defect if x[0] <= threshold][:per_row]),
+            ("hits", [x for x in reversed(defect) if x[0] > threshold][:per_row])]
+    rows = [(title, tiles) for title, tiles in rows if tiles] or [("no test images", [])]
+    maps = [tile[2].anomaly_map[tile[3]].squeeze().cpu().numpy() for _, tiles in rows for tile in tiles]
+    low = min((float(m.min()) for m in maps), default=0.0)
+    high = max((float(m.max()) for m in maps), default=1.0)
+    figure, axes = plt.subplots(len(rows), per_row, figsize=(2.2 * per_row + 1.2, 2.5 * len(rows)),
+                                squeeze=False)
+    image_layer = None
+    for row, (title, tiles) in enumerate(rows):
+        axes[row, 0].set_ylabel(title, fontsize=9)
+        for column in range(per_row):
+            axis = axes[row, column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column >= len(tiles):
+                axis.axis("off")
+                continue
+            score, label, batch, index = tiles[column]
+            image = batch.image[index].float()
+            image = (image - image.min()) / (image.max() - image.min() + 1e-8)
+            axis.imshow(image.permute(1, 2, 0).cpu().numpy())
+            heat = batch.anomaly_map[index].squeeze().cpu().numpy()
+            image_layer = axis.imshow(heat, cmap="jet", alpha=0.45, vmin=low, vmax=high)
+            if batch.gt_mask is not None and batch.gt_mask[index].any():
+                axis.contour(batch.gt_mask[index].squeeze().cpu().numpy(), levels=[0.5], colors="white",
+                             linewidths=1)
+            flagged = "flagged" if score > threshold else "passed"
+            axis.set_title(f"{Path(batch.image_path[index]).parent.name} {score:.1f} {flagged}", fontsize=8)
+    if image_layer is not None:
+        bar = figure.colorbar(image_layer, ax=axes, fraction=0.02, pad=0.01)
+        bar.set_label("pixel anomaly score (raw); black line: pixel threshold", fontsize=8)
+        if low <= pixel_threshold <= high:
+            bar.ax.axhline(pixel_threshold, color="black", linewidth=2)
+    figure.suptitle(f"test images at image threshold {threshold:.1f} (one colour scale)", fontsize=10)
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
@@ -181,13 +224,30 @@ def _roc_figure(evaluation: Evaluation, path: Path) -> Path:
     return path
 
 
-def _histogram(evaluation: Evaluation, path: Path, threshold: float) -> Path:
-    figure, axis = plt.subplots(figsize=(5, 3.5))
-    for label, name in ((0, "normal"), (1, "defective")):
-        axis.hist(evaluation.scores[evaluation.labels == label], bins=30, alpha=0.6, label=name)
-    axis.axvline(threshold, color="black", linestyle="--", label="threshold")
-    axis.set(xlabel="image anomaly score", ylabel="images", title="score distribution")
-    axis.legend()
+def _operating_point(evaluation: Evaluation, path: Path, threshold: float) -> Path:
+    """Left: the test scores of normal and defect images, with the threshold. Right: the false-alarm
+    rate and the recall as the threshold moves, the line's threshold marked."""
+    scores, labels = evaluation.scores.astype(np.float64), evaluation.labels.astype(bool)
+    figure, (histogram, curve) = plt.subplots(1, 2, figsize=(10, 3.6))
+    bins = np.histogram_bin_edges(scores, bins=30) if len(scores) else 10
+    for mask, name in ((~labels, "normal"), (labels, "defect")):
+        if mask.any():
+            histogram.hist(scores[mask], bins=bins, alpha=0.6, label=f"{name} ({int(mask.sum())})")
+    histogram.axvline(threshold, color="black", linestyle="--", label="threshold")
+    histogram.set(xlabel="image anomaly score (raw)", ylabel="test images", title="scores at the threshold")
+    histogram.legend(fontsize=8)
+    cuts = np.unique(np.r_[scores, threshold])
+    if (~labels).any():
+        curve.plot(cuts, [(scores[~labels] > cut).mean() for cut in cuts], label="false-alarm rate (normal)")
+    if labels.any():
+        curve.plot(cuts, [(scores[labels] > cut).mean() for cut in cuts], label="recall (defects)")
+    curve.axvline(threshold, color="black", linestyle="--", label="threshold")
+    fpr, recall = evaluation.metrics.get("test_normal_fpr"), evaluation.metrics.get("image_recall")
+    words = ", ".join(f"{name} {value:.2f}" for name, value in (("false alarms", fpr), ("recall", recall))
+                      if value is not None)
+    curve.set(xlabel="threshold (raw score)", ylabel="share flagged", ylim=(-0.02, 1.02),
+              title=f"at the threshold: {words}")
+    curve.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)

@@ -108,7 +108,7 @@ def fit_line(params: LineParams, data_path: Path, work_dir: Path,
     model.model.gaussian = StreamingGaussian()
     validation = predict_role(model, params, data_path, "validation", work_dir)
     calibration = calibrate(validation.labels, validation.scores, validation.pixel_labels,
-                            validation.pixel_scores, validation.map_range, params.thresholds.normal_quantile)
+                            validation.pixel_scores, validation.map_range, params.thresholds)
     apply_calibration(model, calibration)
     logger.info("%s: image threshold %.4f (%s)", params.name, calibration.image_threshold,
                 calibration.image_rule)

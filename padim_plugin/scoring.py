@@ -27,6 +27,11 @@ def raw_image_threshold(model: torch.nn.Module) -> float:
     return float(model.post_processor._image_threshold)  # noqa: SLF001  # anomalib keeps it private
 
 
+def raw_pixel_threshold(model: torch.nn.Module) -> float:
+    """The pixel threshold in raw anomaly-map units."""
+    return float(model.post_processor._pixel_threshold)  # anomalib keeps it private
+
+
 def score_arrays(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
     """Run the full anomalib pipeline (pre-processor, model, post-processor) on a batch."""
     array = np.asarray(images)

@@ -85,6 +85,7 @@ def fitted_on_mtd(model: torch.nn.Module, n_train: int, n_calibration: int = 20,
     batches (default: ``model.model.fit``, StreamingPadimModel's)."""
     import torch
 
+    from flows.config import ThresholdParams
     from flows.thresholds import calibrate
     from flows.train import apply_calibration
     from padim_plugin.exported import image_size
@@ -98,6 +99,6 @@ def fitted_on_mtd(model: torch.nn.Module, n_train: int, n_calibration: int = 20,
     maps = raw.anomaly_map.numpy().ravel()
     scores = raw.pred_score.flatten().numpy()
     calibration = calibrate(np.zeros(len(scores), dtype=int), scores, np.zeros(len(maps), dtype=int), maps,
-                            (float(maps.min()), float(maps.max())), quantile=0.995)
+                            (float(maps.min()), float(maps.max())), ThresholdParams(rule="f1"))
     apply_calibration(model, calibration)
     return model.eval()
