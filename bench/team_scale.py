@@ -52,7 +52,8 @@ def make_project(root: Path, lines: list[str], remote: str, env: dict[str, str])
         git(root, "commit", "-qam", "DVC remote on the team's S3")
     for seed, line in enumerate(lines):
         source = write_mvtec_folder(root.parent / "sources" / line, 8, 4, 4, seed=seed, n_validation=4)
-        add = [sys.executable, "-m", "flows.cli", "--root", str(root), "data", "add", line, str(source)]
+        add = [sys.executable, "-m", "flows.cli", "--root", str(root), "data", "add", line, str(source),
+               "--create-remote"]  # a fresh prefix of the bucket per run
         subprocess.run(add, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 from padim_plugin.runtime import FORMATS
 
 if TYPE_CHECKING:
-    from .config import DataParams
-    from .layout import StagingReport
+    from .audit import Event
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\.")
 # the embedded Prefect server must not try to phone home from machines without internet
@@ -82,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--replace", action="store_true",
                      help="with --append: an image whose label/name exists with other content replaces it")
     add.add_argument("--no-commit", action="store_true", help="leave the .dvc pointer uncommitted")
+    add.add_argument("--create-remote", action="store_true",
+                     help="start a new DVC remote where none exists yet (a missing folder is an error"
+                     " otherwise)")
     add.set_defaults(run=_data_add)
     demo = data.add_parser("demo", help="generate and add the three demo product lines")
     demo.set_defaults(run=_data_demo)
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--dask-address", help="run the lines on this Dask scheduler (tcp://...)")
     retrain.add_argument("--parallel", type=_at_least(1), default=2,
                          help="lines at once, locally (default 2)")
+    retrain.add_argument("--allow-dirty", action="store_true",
+                         help="run uncommitted params.yaml or code changes (the versions are marked dirty and"
+                         " never promoted automatically)")
     retrain.set_defaults(run=_retrain)
 
     tune = commands.add_parser("tune", help="choose a line's accuracy options on its validation split",
@@ -141,15 +146,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fixed input size (default the model's image size; the graph resizes)")
     export.set_defaults(run=_export)
 
-    promote = commands.add_parser("promote", help="make a model version the line's champion")
+    promote = commands.add_parser("promote", help="make a model version the line's champion (recorded)")
     promote.add_argument("line", type=_line_name)
     promote.add_argument("version")
-    promote.add_argument("--reason", default="promoted by hand")
+    promote.add_argument("--reason", required=True, help="why, for the audit trail")
+    promote.add_argument("--override-gates", action="store_true",
+                         help="promote a version that failed its gates (the gates it failed are recorded)")
     promote.set_defaults(run=_promote)
 
-    rollback = commands.add_parser("rollback", help="give @champion back to the previous champion")
+    rollback = commands.add_parser("rollback", help="give @champion back to the champion it replaced")
     rollback.add_argument("line", type=_line_name)
+    rollback.add_argument("--reason", required=True, help="why, for the audit trail")
     rollback.set_defaults(run=_rollback)
+
+    demote = commands.add_parser("demote", help="remove @champion: the line has no champion afterwards")
+    demote.add_argument("line", type=_line_name)
+    demote.add_argument("--reason", required=True, help="why, for the audit trail")
+    demote.set_defaults(run=_demote)
+
+    for name, verb in (("approve", "promote"), ("reject", "refuse")):
+        answer = commands.add_parser(name, help=f"{verb} the version waiting for approval"
+                                     " (promotion: approval)")
+        answer.add_argument("line", type=_line_name)
+        answer.add_argument("version")
+        answer.add_argument("--reason", required=True, help="why, for the audit trail")
+        answer.set_defaults(run=_answer, approve=name == "approve")
+
+    history = commands.add_parser("history", help="a line's audit trail: every decision, who, when, why")
+    history.add_argument("line", type=_line_name)
+    history.set_defaults(run=_history)
+
+    status = commands.add_parser("status", help="champion, challenger and pending version of each line")
+    status.add_argument("lines", nargs="*", type=_line_name, help="product lines (default: all)")
+    status.set_defaults(run=_status)
 
     schedule = commands.add_parser("schedule", help="serve the retrain flow on a cron schedule")
     schedule.add_argument("--cron", default="0 2 * * *", help="cron expression (default nightly 02:00)")
@@ -158,37 +187,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data_add(args: argparse.Namespace) -> None:
+def _known_line(root: Path, line: str) -> None:
+    """Every command's answer to a line params.yaml does not list: one line naming the known ones."""
     from .config import load_params
-    from .data import DataStore
-    from .layout import from_mvtec_folder, from_separate_folders, stage
 
+    load_params(root / "params.yaml").line(line)
+
+
+def _data_add(args: argparse.Namespace) -> None:
+    from .adding import add_line
+    from .config import load_params
+    from .data import summary
+    from .layout import from_mvtec_folder, from_separate_folders
+
+    if args.append:
+        _known_line(args.root, args.line)
     params = load_params(args.root / "params.yaml").line_or_defaults(args.line)
     folders = (args.normal, args.defects, args.masks)
     if (args.path is None) == all(folder is None for folder in folders):
         raise ValueError("give either PATH (MVTec layout) or --normal/--defects [--masks], not both")
     if args.replace and not args.append:
         raise ValueError("--replace goes with --append: a plain add replaces the whole line anyway")
-    previous = None
-    if args.append:
-        store = DataStore(args.root)
-        if store.md5(args.line) != store.md5(args.line, "HEAD"):
-            msg = (f"{store.pointer(args.line)} differs from the committed version: commit it first, since"
-                   " --append builds on the committed version")
-            raise ValueError(msg)
-        previous = store.pull(args.line).path
     if args.path is not None:
         incoming = from_mvtec_folder(args.path, params.data.split)
     else:
         incoming = from_separate_folders(args.normal, args.defects, args.masks, params.data.split)
-    _add_line(args.root, args.line, lambda staging: stage(incoming, staging, previous, args.replace),
-              params.data, commit=not args.no_commit)
+    report, version = add_line(args.root, args.line, incoming, params.data, append=args.append,
+                               replace=args.replace, commit=not args.no_commit,
+                               create_remote=args.create_remote)
+    print(f"{report.summary()}\nnow {summary(version)}")
 
 
 def _data_demo(args: argparse.Namespace) -> None:
+    from .adding import add_line
     from .config import load_params
+    from .data import summary
     from .demo_data import DEMO_LINES, UNMASKED_LINES, generate_line
-    from .layout import from_separate_folders, stage
+    from .layout import from_separate_folders
 
     params = load_params(args.root / "params.yaml")
     with tempfile.TemporaryDirectory(prefix="padim-demo-") as sources:
@@ -196,38 +231,38 @@ def _data_demo(args: argparse.Namespace) -> None:
             folders = generate_line(line, Path(sources) / line, masks=line not in UNMASKED_LINES)
             data = params.line_or_defaults(line).data
             incoming = from_separate_folders(folders.normal, folders.defects, folders.masks, data.split)
-            _add_line(args.root, line, lambda staging, incoming=incoming: stage(incoming, staging), data,
-                      commit=True)
+            # the demo starts the embedded default's local remote if there is none yet
+            report, version = add_line(args.root, line, incoming, data, create_remote=True)
+            print(f"{report.summary()}\nnow {summary(version)}")
 
 
 def _retrain(args: argparse.Namespace) -> int:
     from .config import load_params
     from .data import DataStore
+    from .lineage import require_clean
     from .registry import Registry
     from .retrain import run_retrain
 
-    # what can be checked before Prefect starts: params.yaml, the lines named, the revision
+    # what can be checked before Prefect starts: params.yaml, the lines named, the revision, the tree
     path = args.root / "params.yaml"
-    known = load_params(path).lines
-    unknown = [line for line in args.lines if line not in known]
-    if unknown:
-        raise KeyError(f"product lines {unknown} are not in {path} (known: {sorted(known)})")
-    if not (args.lines or known):
+    for line in args.lines:
+        _known_line(args.root, line)
+    if not (args.lines or load_params(path).lines):
         raise ValueError(f"{path} lists no product lines: add one with 'padim-mlops data add'")
     if args.rev:
         DataStore(args.root).commit_of(args.rev)
+    require_clean(args.root.resolve(), args.allow_dirty)
     Registry(args.root).check_access()
     results = run_retrain(args.lines or None, args.rev, str(args.root.resolve()), args.dask_address,
-                          args.parallel)
+                          args.parallel, args.allow_dirty)
     return 1 if any(result.error for result in results) else 0
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .config import load_params
     from .data import DataStore
     from .tune import grid_table, tune_product_line
 
-    load_params(args.root / "params.yaml").line(args.line)  # before Prefect starts
+    _known_line(args.root, args.line)  # before Prefect starts
     if args.rev:
         DataStore(args.root).commit_of(args.rev)
     result = tune_product_line(args.line, args.rev, str(args.root.resolve()), write=not args.dry_run)
@@ -241,7 +276,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .registry import tracking_uri
 
     _data_demo(args)
-    code = _retrain(argparse.Namespace(lines=[], rev=None, root=args.root, dask_address=None, parallel=2))
+    code = _retrain(argparse.Namespace(lines=[], rev=None, root=args.root, dask_address=None, parallel=2,
+                                       allow_dirty=False))
     uri = tracking_uri(args.root)
     print(
         "\nWhere to look next:\n"
@@ -256,6 +292,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .batch import list_images, score_files
     from .registry import Registry
 
+    _known_line(args.root, args.line)
     report = score_files(Registry(args.root), args.line, list_images(args.images), args.out, args.alias,
                          args.batch_size)
     print(f"wrote {report.table} and {report.scored} heatmaps")
@@ -270,6 +307,7 @@ def _export(args: argparse.Namespace) -> None:
     from .export import export_line
     from .registry import Registry
 
+    _known_line(args.root, args.line)
     size = tuple(args.input_size) if args.input_size else None
     report = export_line(Registry(args.root), args.line, args.export_format, args.out, args.alias, size)
     errors = ", ".join(f"{name} {error:.1e}" for name, error in report.errors.items())
@@ -279,15 +317,82 @@ def _export(args: argparse.Namespace) -> None:
 def _promote(args: argparse.Namespace) -> None:
     from .registry import Registry
 
-    Registry(args.root).promote(args.line, args.version, args.reason)
-    print(f"padim-{args.line} v{args.version} is now @champion")
+    _known_line(args.root, args.line)
+    event = Registry(args.root).promote(args.line, args.version, args.reason, args.override_gates)
+    overridden = f" (gates overridden: {', '.join(event.overridden)})" if event.overridden else ""
+    print(f"padim-{args.line} v{args.version} is now @champion{overridden}")
 
 
 def _rollback(args: argparse.Namespace) -> None:
     from .registry import Registry
 
-    version = Registry(args.root).rollback(args.line)
-    print(f"padim-{args.line}: @champion rolled back to v{version}")
+    _known_line(args.root, args.line)
+    event = Registry(args.root).rollback(args.line, args.reason)
+    print(f"padim-{args.line}: @champion rolled back from v{event.champion_before} to"
+          f" v{event.champion_after}")
+
+
+def _demote(args: argparse.Namespace) -> None:
+    from .registry import Registry
+
+    _known_line(args.root, args.line)
+    event = Registry(args.root).demote(args.line, args.reason)
+    print(f"padim-{args.line}: v{event.version} is no longer @champion; the line has no champion")
+
+
+def _answer(args: argparse.Namespace) -> None:
+    from .approval import resume_waiting_flow
+    from .registry import Registry
+
+    _known_line(args.root, args.line)
+    registry = Registry(args.root)
+    if args.approve:
+        registry.approve(args.line, args.version, args.reason)
+        print(f"padim-{args.line} v{args.version} approved: now @champion")
+    else:
+        registry.reject(args.line, args.version, args.reason)
+        print(f"padim-{args.line} v{args.version} rejected")
+    resumed = resume_waiting_flow(registry, args.line, args.version, args.approve, args.reason)
+    if resumed:
+        print(resumed)
+
+
+def _history(args: argparse.Namespace) -> None:
+    from .registry import Registry
+
+    _known_line(args.root, args.line)
+    events = Registry(args.root).history(args.line)
+    if not events:
+        print(f"{args.line}: no decisions yet")
+    for event in events:
+        print(_event_line(event))
+
+
+def _event_line(event: Event) -> str:
+    """One event of the audit trail as a line of text (gates overridden and failed, if any)."""
+    when = event.at[:19].replace("T", " ") + " UTC"
+    state = {"RUNNING": " (in progress, or its process died)", "KILLED": " (interrupted: no effect)"}
+    text = (f"{when}  {event.action:<8} v{event.version:<4} {event.outcome:<11} {event.moves():<28}"
+            f" by {event.by}: {event.reason}{state.get(event.status, '')}")
+    if event.overridden:
+        text += f" [gates overridden: {', '.join(event.overridden)}]"
+    return text
+
+
+def _status(args: argparse.Namespace) -> None:
+    from .config import load_params
+    from .registry import Registry
+
+    for line in args.lines:
+        _known_line(args.root, line)
+    registry = Registry(args.root)
+    for line in args.lines or sorted(load_params(args.root / "params.yaml").lines):
+        print(line)
+        status = registry.status(line)
+        for summary in status.versions:
+            print(f"  {summary.role:<20} {summary.describe()}")
+        last = status.last
+        print(f"  last decision: {_event_line(last) if last is not None else 'none yet'}")
 
 
 def _schedule(args: argparse.Namespace) -> None:
@@ -302,41 +407,6 @@ def _schedule(args: argparse.Namespace) -> None:
         )
         raise RuntimeError(msg)
     retrain.serve(name=args.name, cron=args.cron, parameters={"root": str(args.root.resolve())})
-
-
-def _add_line(root: Path, line: str, stage: Callable[[Path], StagingReport], data: DataParams,
-              commit: bool) -> None:
-    """Stage into a scratch folder beside data/, then hand it to the DataStore.
-
-    ``stage`` fills the folder it is given and reports what it did, with {staged path: source path}
-    so that validation problems name the user's files rather than the scratch copies.
-    """
-    from .config import lists_line, register_line
-    from .data import DataStore, summary
-    from .folders import write_atomically
-    from .validation import DataValidationError, check_line_name
-
-    check_line_name(line)
-    store = DataStore(root)
-    params = store.root / "params.yaml"
-    with store.staging(line) as scratch:  # the project's add turn: one at a time, killed ones undone first
-        original_params = params.read_text()
-        sources = {str(scratch / line): f"new version of {line}"}
-        try:
-            report = stage(scratch / line)
-            sources |= report.sources
-            register_line(params, line)  # committed with the data, undone if it fails
-            registered = not lists_line(store.committed_text(params), line)  # also after a killed add
-            version = store.add(line, scratch / line, min_train_images=data.min_train_images,
-                                min_validation_images=data.min_validation_images, commit=commit,
-                                also_commit=(params,) if registered else ())
-        except BaseException as error:
-            if not lists_line(store.committed_text(params), line):  # else the commit was made
-                write_atomically(params, original_params)
-            if isinstance(error, DataValidationError):
-                raise error.renamed(sources) from None
-            raise
-    print(f"{report.summary()}\nnow {summary(version)}")
 
 
 def _data_validate(args: argparse.Namespace) -> None:
@@ -356,6 +426,7 @@ def _data_diff(args: argparse.Namespace) -> None:
     from .roles import diff_versions
 
     store = DataStore(args.root)
+    _known_line(args.root, args.line)
     store.commit_of(args.rev_a)
     store.commit_of(args.rev_b)
     rows = diff_versions(store.file_digests(args.line, args.rev_a), store.file_digests(args.line, args.rev_b))
@@ -370,6 +441,7 @@ def _data_pull(args: argparse.Namespace) -> None:
     from .data import DataStore, summary
 
     store = DataStore(args.root)
+    _known_line(args.root, args.line)
     if args.rev:
         store.commit_of(args.rev)
     version = store.pull(args.line, args.rev)

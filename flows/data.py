@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from .config import with_line_entry
 from .folders import backup_of, locked, put_back, set_aside, write_atomically
 from .validation import check_line_name, describe, validate_line
 
@@ -61,7 +62,8 @@ class DataStore:
 
     @classmethod
     def init(cls, root: str | Path, remote_url: str) -> DataStore:
-        """Make ``root`` a git + DVC repository whose default remote is ``remote_url``."""
+        """Make ``root`` a git + DVC repository whose default remote is ``remote_url`` (a local
+        folder is created: setting a project up is the explicit step that starts its remote)."""
         from dvc.repo import Repo
 
         root = Path(root).resolve()
@@ -73,6 +75,8 @@ class DataStore:
         with Repo(str(root)) as repo, repo.config.edit() as config:
             config["remote"]["default"] = {"url": remote_url}
             config["core"].update({"remote": "default", "autostage": True, "analytics": False})
+        if "://" not in remote_url:
+            store.check_remote(create=True)
         return store
 
     def line_dir(self, line: str) -> Path:
@@ -88,7 +92,6 @@ class DataStore:
         min_train_images: int = 1,
         min_validation_images: int = 0,
         commit: bool = True,
-        also_commit: tuple[Path, ...] = (),
     ) -> DataVersion:
         """Make ``staged`` (MVTec layout) the new version of ``line``: validate, dvc add, push, commit.
 
@@ -96,7 +99,10 @@ class DataStore:
         the process is killed: the pointer is committed only once the remote holds every object it
         names. Until then the previous folder waits aside and a journal records the old pointer, so
         that an interrupted add is undone (or, if its commit was made, finished) by the next
-        ``DataStore`` opened on this project, or by a failure here.
+        ``DataStore`` opened on this project, or by a failure here. The commit holds only what the
+        add writes: the pointer, its .gitignore entry and, for a new line, its ``lines.<line>`` entry
+        applied to the committed params.yaml; the user's uncommitted edits stay uncommitted, byte for
+        byte. The line's entry is added to the working params.yaml too.
         """
         validate_line(staged, min_train_images, min_validation_images)
         target, pointer = self.line_dir(line), self.pointer(line)
@@ -104,9 +110,10 @@ class DataStore:
         with self._adding(line) as journal:
             # a backup left by an add whose last cleanup was cut short is not this add's to restore
             shutil.rmtree(backup_of(target), ignore_errors=True)
+            params = self.root / "params.yaml"
             old = {"pointer": pointer.read_text() if pointer.is_file() else None,
                    "ignored": self._ignored(line), "folder": target.exists(), "commit": commit,
-                   "also": [str(path) for path in also_commit]}
+                   "params": params.read_text() if params.is_file() else None}
             write_atomically(journal, json.dumps(old))
             try:
                 set_aside(target)
@@ -114,7 +121,8 @@ class DataStore:
                 self._dvc("add", [str(target)])
                 self._dvc("push", [str(pointer)])
                 if commit:
-                    self._commit(line, also_commit)
+                    self._commit(line)
+                self._register_in_worktree(line)
             except BaseException:
                 self._settle(line, old)
                 journal.unlink()
@@ -206,20 +214,12 @@ class DataStore:
     def _listing(self, fs: Any, line: str, md5: str) -> dict[str, str]:
         """{path within the line: md5} from the version's DVC ``.dir`` object, itself checked
         against ``md5`` (the listing's own hash, as DVC computes it)."""
-        from dvc_data.hashfile.hash_info import HashInfo
-        from dvc_data.hashfile.meta import Meta
-        from dvc_data.hashfile.tree import Tree
-
         prefix = f"data/{line}/"
         found = fs.find(prefix.rstrip("/"), detail=True)
         expected = {path.removeprefix(prefix): info["md5"] for path, info in found.items()}
-        tree = Tree()
-        for relpath, digest in expected.items():
-            tree.add(tuple(relpath.split("/")), Meta(), HashInfo("md5", digest))
-        tree.digest()
-        if tree.hash_info.value != md5:
-            msg = f"the DVC listing of the version is corrupt (its md5 is {tree.hash_info.value})"
-            raise DataVersionError(msg)
+        actual = _tree_md5(expected)
+        if actual != md5:
+            raise DataVersionError(f"the DVC listing of the version is corrupt (its md5 is {actual})")
         return expected
 
     def _fetch_one_by_one(self, fs: Any, line: str, expected: dict[str, str], out: Path,
@@ -283,6 +283,71 @@ class DataStore:
         except Exception as error:
             return f"; the DVC remote refused the request or is unreachable: {error}"
         return ""
+
+    def remote(self) -> tuple[str, str]:
+        """The default DVC remote: (name, URL as configured, a local path made absolute)."""
+        from dvc.repo import Repo
+
+        with Repo(str(self.root)) as repo:
+            name = repo.config["core"].get("remote")
+            if not name:
+                raise DataVersionError(f"{self.root} has no default DVC remote: 'dvc remote add -d NAME URL'")
+            return name, str(repo.config["remote"][name]["url"])
+
+    def check_remote(self, create: bool = False) -> str:
+        """The default remote's URL, once it is known to be reachable and to exist; with ``create``,
+        a remote that does not exist yet (a local folder, or an object-store prefix holding nothing)
+        may be started. Raises DataVersionError naming the remote otherwise."""
+        from dvc.repo import Repo
+
+        name, url = self.remote()
+        try:
+            with Repo(str(self.root)) as repo:
+                remote = repo.cloud.get_remote()
+                if remote.fs.protocol in ("http", "https"):  # its file system reads "refused" as "missing"
+                    _answers(remote.fs.unstrip_protocol(remote.path))
+                    return url  # a web server need not list the remote's root: it exists if it answers
+                if remote.fs.exists(remote.path):
+                    return url
+                if not create:
+                    msg = (f"the DVC remote {name!r} ({url}) does not exist: if it moved, point DVC to it"
+                           f" ('dvc remote modify {name} url ...'); to start a new remote there, give"
+                           " --create-remote")
+                    raise DataVersionError(msg)
+                if remote.fs.protocol in ("local", "file"):
+                    remote.fs.makedirs(remote.path, exist_ok=True)
+                else:  # an object store: the first push makes the prefix, the bucket must answer
+                    remote.fs.ls(remote.path.split("/", 1)[0])
+        except DataVersionError:
+            raise
+        except Exception as error:
+            raise DataVersionError(f"the DVC remote {name!r} ({url}) is unreachable: {error}") from error
+        return url
+
+    def missing_on_remote(self, line: str, rev: str) -> list[str]:
+        """The files of the version at ``rev`` (and its DVC listing) that the default remote lacks,
+        by path within the line ("" for the listing itself)."""
+        from dvc.repo import Repo
+
+        md5 = self.md5(line, rev)
+        listing = self.listing(line, rev)
+        wanted = {md5: ""} | {digest: path for path, digest in listing.items()}
+        try:
+            with Repo(str(self.root)) as repo:
+                present = set(repo.cloud.get_remote().odb.oids_exist(list(wanted)))
+        except Exception as error:
+            name, url = self.remote()
+            raise DataVersionError(f"the DVC remote {name!r} ({url}) is unreachable: {error}") from error
+        return sorted(path for digest, path in wanted.items() if digest not in present)
+
+    def role_digests(self, line: str, rev: str) -> dict[str, tuple[str, int]]:
+        """{role folder: (its DVC md5, its file count)} of the version at ``rev``, as DVC would hash
+        each role folder on its own: the identity of each role's data, for lineage."""
+        roles: dict[str, dict[str, str]] = {}
+        for path, digest in self.listing(line, rev).items():
+            role, _, rest = path.partition("/")
+            roles.setdefault(role, {})[rest] = digest
+        return {role: (_tree_md5(files), len(files)) for role, files in sorted(roles.items())}
 
     def commit_of(self, rev: str) -> str:
         """The commit ``rev`` names; a DataVersionError naming it if there is none (or it looks
@@ -369,6 +434,7 @@ class DataStore:
     def _settle(self, line: str, old: dict[str, Any]) -> None:
         """An add stopped half-way: finish it if its commit was made, else undo it."""
         if old["commit"] and self._committed_since(line, old["pointer"]):
+            self._register_in_worktree(line)
             shutil.rmtree(backup_of(self.line_dir(line)), ignore_errors=True)  # only the cleanup was left
         else:
             self._undo(line, old)
@@ -399,8 +465,12 @@ class DataStore:
             else:
                 gitignore.unlink()
         # dvc add stages the pointer (core.autostage), and the commit's git add stages them all
-        staged = [str(path.relative_to(self.root)) for path in (pointer, gitignore)] + old.get("also", [])
+        staged = [str(path.relative_to(self.root)) for path in (pointer, gitignore)]
         self._git("reset", "--quiet", "--", *staged)
+        params = self.root / "params.yaml"
+        if old.get("params") is not None and params.is_file() and \
+                params.read_text() == with_line_entry(old["params"], line) != old["params"]:
+            write_atomically(params, old["params"])  # the entry this add wrote, and nothing the user did
         target = self.line_dir(line)
         if backup_of(target).exists():
             put_back(target)
@@ -411,25 +481,57 @@ class DataStore:
         gitignore = self.root / "data" / ".gitignore"
         return gitignore.is_file() and f"/{line}" in gitignore.read_text().splitlines()
 
-    def _commit(self, line: str, also: tuple[Path, ...]) -> None:
-        paths = [str(self.pointer(line).relative_to(self.root)), "data/.gitignore", *map(str, also)]
-        self._git("add", *paths)
-        if self._git("diff", "--cached", "--name-only", "--", *paths):
-            identity = []  # a fresh machine may have no git identity: commit as the tool then
-            if not self._git_config("user.email"):
-                identity = ["-c", "user.name=padim-mlops", "-c", "user.email=padim-mlops@localhost"]
-            message = f"data: {line} version {self.md5(line)}"
-            self._git(*identity, "commit", "--quiet", "-m", message, "--", *paths)
+    def _commit(self, line: str) -> None:
+        """Commit the line's pointer and .gitignore as the working tree has them and, if HEAD's
+        params.yaml lacks the line, HEAD's params.yaml plus its entry: built in an index of its own
+        from HEAD, so nothing else the user changed or staged is committed. HEAD moves only if no
+        one else moved it meanwhile."""
+        pointer = str(self.pointer(line).relative_to(self.root))
+        gitignore = "data/.gitignore"
+        head = self._git("rev-parse", "--verify", "--quiet", "HEAD", check=False)
+        committed = self.committed_text(self.root / "params.yaml") if head else None
+        with tempfile.TemporaryDirectory(prefix=".index-", dir=self.root / ".git") as scratch:
+            index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+            self._git("read-tree", *([head] if head else ["--empty"]), env=index)
+            self._git("add", "--", pointer, gitignore, env=index)
+            registered = with_line_entry(committed, line)
+            if registered != committed:
+                blob = self._git("hash-object", "-w", "--stdin", input=registered)
+                self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},params.yaml", env=index)
+            tree = self._git("write-tree", env=index)
+        if head and tree == self._git("rev-parse", f"{head}^{{tree}}"):
+            return  # this version was committed already
+        identity = []  # a fresh machine may have no git identity: commit as the tool then
+        if not self._git_config("user.email"):
+            identity = ["-c", "user.name=padim-mlops", "-c", "user.email=padim-mlops@localhost"]
+        message = f"data: {line} version {self.md5(line)}"
+        commit = self._git(*identity, "commit-tree", tree, *(["-p", head] if head else []), "-m", message)
+        self._git("update-ref", "-m", message, "HEAD", commit, head or "")
+        # the user's index: these paths as committed (params.yaml only if it was not staged otherwise)
+        self._git("reset", "--quiet", "--", pointer, gitignore)
+        if registered != committed and self._git("diff", "--cached", "--name-only", head, "--",
+                                                   "params.yaml", check=False) == "":
+            self._git("reset", "--quiet", "--", "params.yaml")
+
+    def _register_in_worktree(self, line: str) -> None:
+        """The working params.yaml lists the line (its entry added, the user's edits left as they are)."""
+        params = self.root / "params.yaml"
+        text = params.read_text() if params.is_file() else None
+        registered = with_line_entry(text, line)
+        if registered != text:
+            write_atomically(params, registered)  # another command may be reading params.yaml now
 
     def _git_config(self, key: str) -> str:
         result = subprocess.run(["git", "config", key], cwd=self.root, capture_output=True, text=True)
         return result.stdout.strip()
 
-    def _git(self, *args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True)
-        if result.returncode:
+    def _git(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
+             check: bool = True) -> str:
+        result = subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True, input=input,
+                                env={**os.environ, **env} if env else None)
+        if result.returncode and check:
             raise DataVersionError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
-        return result.stdout.strip()
+        return result.stdout.strip() if not result.returncode else ""
 
     def _dvc(self, command: str, targets: list[str]) -> None:
         from dvc.exceptions import DvcException
@@ -449,6 +551,38 @@ def _file_md5(path: Path) -> str:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _answers(url: str) -> None:
+    """Raise if nothing answers at ``url`` (an HTTP error status is an answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as error:
+        raise ConnectionError(f"{url} does not answer ({getattr(error, 'reason', error)})") from error
+
+
+def _tree_md5(files: dict[str, str]) -> str:
+    """The md5 DVC gives a folder of these files ({relative path: md5}): its listing's own hash."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    tree = Tree()
+    for relpath, digest in files.items():
+        tree.add(tuple(relpath.split("/")), Meta(), HashInfo("md5", digest))
+    tree.digest()
+    return tree.hash_info.value
+
+
+def folder_md5(folder: Path) -> str:
+    """The md5 DVC gives ``folder`` (binary files: each file's plain md5), computed from the files."""
+    return _tree_md5({path.relative_to(folder).as_posix(): _file_md5(path)
+                      for path in sorted(folder.rglob("*")) if path.is_file()})
 
 
 def _pointer_md5(text: str) -> str:

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     model_path = args.root / "models" / args.line
     with tempfile.TemporaryDirectory(prefix=f"padim-{args.line}-") as work:
         if args.stage == "fit":
+            from .data import folder_md5
             from .train import fit_line, save_model
             from .validation import validate_line
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
             validate_line(data, params.data.min_train_images, params.data.min_validation_images)
             model, _ = fit_line(params, data, Path(work))
             shutil.rmtree(model_path, ignore_errors=True)
-            save_model(model, params, model_path)
+            save_model(model, params, model_path, folder_md5(data))  # the data it fitted, as DVC hashes it
         else:
             from .evaluate import evaluate, write_metrics
             from .train import load_model

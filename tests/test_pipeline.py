@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
+from flows.data import DataStore
 
 from .conftest import write_mvtec_folder
 from .projects import init_project
@@ -49,8 +50,10 @@ def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
     metrics = json.loads((root / "metrics" / "tiny.json").read_text())
     assert metrics["image_auroc"] == 1.0
     assert {p.name for p in (root / "models" / "tiny").iterdir()} == {"manifest.json", "tensors.safetensors"}
+    manifest = json.loads((root / "models" / "tiny" / "manifest.json").read_text())
+    assert manifest["metadata"]["data_md5"] == DataStore(root).md5("tiny")  # the data it was fitted on
     assert {p.name for p in (root / "plots" / "tiny").iterdir()} == {"heatmaps.png", "roc.png",
-                                                                     "score_histogram.png"}
+                                                                     "operating_point.png"}
     assert "didn't change" in run(root, "dvc", "repro") or "up to date" in run(root, "dvc", "status")
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "baseline")
