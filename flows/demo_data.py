@@ -29,7 +29,7 @@ DEFECT_KINDS = ("scratch", "stain", "missing", "foreign")
 @dataclass(frozen=True)
 class DemoSize:
     image: int = 128
-    normal: int = 90
+    normal: int = 160
     per_defect: int = 8
 
 

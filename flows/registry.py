@@ -1,26 +1,28 @@
-"""The one module that writes to MLflow: runs, model versions, tags and the champion alias.
+"""The one module that writes to MLflow: runs, model versions, tags, aliases and the audit trail.
 
 One registered model per product line, ``padim-<line>``. Every new version gets ``@challenger``;
-``@champion`` moves only through :meth:`Registry.promote` / :meth:`Registry.rollback`, whose tags
-are written first and whose single alias move comes last, so a failure at any point leaves the
-previous champion in place; the version's ``padim.decision`` tag is written after the move, so a
-version without it was never fully decided and a rerun decides it again.
+``@champion`` moves only through a decision (the gate's verdict, ``promote``, ``rollback``, ``demote``,
+``approve``), each appended to the line's audit trail (flows.audit) before its single alias move
+and finished after it, so a failure at any point leaves the previous champion in place and the
+trail true. A version that passed its gates on a line that wants approval waits as ``@pending``.
+Version tags summarise the trail: ``padim.gate`` (the gate's own verdict, never overwritten by a
+hand), ``padim.decision`` and ``padim.reason`` (the latest decision), ``padim.previous_champion``.
+A version without ``padim.decision`` was never fully decided, and a rerun decides it again.
 
-Writers of one line take turns through :class:`LineLock`, a lease kept in the registry itself
-(a registered model ``padim-<line>.lock-<generation>``), so the turn holds across threads,
-processes and machines that share the store, on SQLite as on a server.
+Writers of one line take turns (:meth:`Registry.turn`, a lease kept in the tracking store by
+flows.lock), so the turn holds across threads, processes and machines that share the store, on
+SQLite as on a server.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
-import socket
+import subprocess
 import tempfile
-import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -29,20 +31,29 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from .audit import FINISHED, AuditTrail, Event, actor
 from .config import LineParams
 from .data import DataVersion
 from .folders import locked
+from .gates import DATA_ON_REMOTE, Decision
+from .lineage import Lineage, RoleData
+from .lock import LineLock
+from .trained import TrainedModel
 from .validation import check_line_name
 
 if TYPE_CHECKING:  # the store is handed in: it writes the files, this module only MLflow
     from .incremental import StatisticsStore
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, PENDING = "champion", "challenger", "pending"  # aliases, and decisions
+ROLLED_BACK, DEMOTED, REJECTED = "rolled back", "demoted", "rejected"  # the other decisions
+PASSED, FAILED = "passed", "failed"  # a version's padim.gate
 TAG = "padim."
 PACKAGES = ("padim-plugin", "anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow",
             "prefect", "dvc")
@@ -52,13 +63,6 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 TUNING_TABLE = "tuning/grid.json"
 STATISTICS_ARTIFACTS = "statistics"  # a run's kept statistics (flows.incremental)
 KEPT = "kept"  # a version's padim.statistics tag while its run holds them
-LOCK_TTL_S = 120.0  # a lock not renewed for this long was abandoned (its holder died elsewhere)
-LOCK_POLL_S = 0.5
-# creating a lock generation failed because another writer got there first (or cleaned it up
-# meanwhile), or SQLite was busy: look again rather than fail the retrain
-CLAIM_LOST = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE")
-_HELD_HERE: set[str] = set()  # lock generations this process holds now (any thread)
-_CLAIMING = threading.Lock()  # makes creating a lock and noting it in _HELD_HERE one step
 log = logging.getLogger(__name__)
 
 
@@ -90,6 +94,39 @@ class Candidate:
     run_id: str
     decided: bool  # already gated before (a re-run that reused a cached fit)
     decision: str | None = None
+    gate_failed: tuple[str, ...] = ()  # the gates it failed when it was gated
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """A version in one of the line's roles, with its operating point and its data."""
+
+    role: str  # champion, challenger or pending, or several joined by "+"
+    version: str
+    data_md5: str
+    data_rev: str
+    metrics: dict[str, float]
+    decision: str
+
+    def describe(self) -> str:
+        def rate(name: str) -> str:
+            if name not in self.metrics:
+                return "n/a"
+            low, high = self.metrics.get(f"{name}_low"), self.metrics.get(f"{name}_high")
+            interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+            return f"{self.metrics[name]:.3f}{interval}"
+
+        f1 = self.metrics.get("image_f1")
+        return (f"v{self.version:<4} data {self.data_md5[:12]} (rev {self.data_rev[:12] or '?'})"
+                f"  false alarms {rate('test_normal_fpr')}  recall {rate('image_recall')}"
+                f"  F1 {'n/a' if f1 is None else f'{f1:.3f}'}  [{self.decision or 'undecided'}]")
+
+
+@dataclass(frozen=True)
+class LineStatus:
+    line: str
+    versions: list[VersionSummary]
+    last: Event | None  # the latest decision
 
 
 class Registry:
@@ -153,11 +190,8 @@ class Registry:
         if existing is None:
             return None
         decision = existing.tags.get(f"{TAG}decision")
-        return Candidate(str(existing.version), existing.run_id, decision is not None, decision)
-
-    def line_lock(self, line: str, purpose: str, timeout_s: float | None = None) -> LineLock:
-        """The line's writer turn (see :class:`LineLock`); ``with registry.line_lock(...):``."""
-        return LineLock(self.client, line, purpose, timeout_s)
+        failed = tuple(json.loads(existing.tags.get(f"{TAG}gate.failed", "[]")))
+        return Candidate(str(existing.version), existing.run_id, decision is not None, decision, failed)
 
     def find_by_cache_key(self, line: str, cache_key: str) -> ModelVersion | None:
         found = self.client.search_model_versions(
@@ -187,59 +221,61 @@ class Registry:
             return f"{self.uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
         return f"run {run_id} (mlflow ui --backend-store-uri {self.uri})"
 
+    def artifact_link(self, run_id: str, path: str) -> str:
+        """Where a person opens one of a run's artifacts: the server's UI, or the file."""
+        run = self.client.get_run(run_id)
+        if self.uri.startswith("http"):
+            run_page = f"{self.uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+            return f"{run_page}/artifacts/{path}"
+        return f"{run.info.artifact_uri.removeprefix('file://')}/{path}"
+
+    def note_on_version(self, line: str, version: str, **notes: str) -> None:
+        """Tag the version (``padim.<name>``) with what a later command needs to know."""
+        self._tag(line, version, **notes)
+
     # -- writing -------------------------------------------------------------------------------
-    def log_candidate(
-        self,
-        params: LineParams,
-        data: DataVersion,
-        metrics: dict[str, float],
-        unavailable: dict[str, str],
-        calibration: dict[str, float | str],
-        model_path: Path,
-        figures: dict[str, Path],
-        cache_key: str,
-        code_version: str,
-        fit: dict[str, str] | None = None,
-        statistics: Path | None = None,
-    ) -> Candidate:
+    def log_candidate(self, params: LineParams, data: DataVersion, trained: TrainedModel, lineage: Lineage,
+                      code_version: str, version_key: str) -> Candidate:
         """Log a run (params with the validation calibration, metrics with the reasons any are
-        missing, lineage tags, figures, pyfunc model) and register it as ``@challenger``.
-        Idempotent: a fit already registered under ``cache_key`` is returned. The caller holds the
-        line's lock, so a run of this fit still marked running was left by a killed process.
-        ``fit`` (flows.incremental.FitReport's tags and the statistics config) is logged as run
-        tags, ``statistics`` (the fit's kept statistics) as the run's ``statistics/`` artifacts, so
-        that a fit on another machine can continue from them."""
+        missing, lineage as tags and a dataset input per role, figures, pyfunc model) and register
+        it as ``@challenger``, known by ``version_key``. Idempotent: a fit already registered under
+        that key is returned. The caller holds the line's turn, so a run of this fit still marked
+        running was left by a killed process. The fit's report is logged as run tags and its kept
+        statistics as the run's ``statistics/`` artifacts, so that a fit on another machine can
+        continue from them."""
         line = params.name
-        existing = self.find_candidate(line, cache_key)
+        existing = self.find_candidate(line, version_key)
         if existing is not None:
             if not existing.decided:  # registered by a process that stopped before gating it
                 self.client.set_registered_model_alias(model_name(line), CHALLENGER, existing.version)
             return existing
-        self._end_abandoned_runs(line, cache_key)
-        tags = self._lineage_tags(data, cache_key, code_version)
-        fit = fit or {}
+        self._end_abandoned_runs(line, version_key)
+        tags = self._lineage_tags(data, version_key, code_version, lineage)
+        statistics = Path(trained.statistics_path) if trained.statistics_path else None
         keeping = statistics is not None and statistics.is_dir()
-        if "statistics_config" in fit:
-            tags[f"{TAG}statistics_config"] = fit["statistics_config"]
+        if "statistics_config" in trained.fit:
+            tags[f"{TAG}statistics_config"] = trained.fit["statistics_config"]
         if keeping:
             tags[f"{TAG}statistics"] = KEPT
         run_name = f"{line}-{data.md5[:8]}"
         with mlflow.start_run(experiment_id=self._experiment(line), run_name=run_name) as run:
-            mlflow.log_params(params.flat() | calibration)
-            mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-            mlflow.set_tags(tags)
-            mlflow.set_tags({f"{TAG}{name}": value for name, value in fit.items()})
-            if "fit.embedded" in fit:
-                mlflow.log_metric("fit_images_embedded", int(fit["fit.embedded"]))
-            mlflow.log_dict({"metrics": metrics, "unavailable": unavailable}, "metrics.json")
+            mlflow.log_params(params.flat() | trained.calibration)
+            mlflow.log_metrics({k: v for k, v in trained.metrics.items() if np.isfinite(v)})
+            mlflow.set_tags(tags | {"mlflow.source.git.commit": lineage.git_commit})
+            mlflow.set_tags({f"{TAG}{name}": value for name, value in trained.fit.items()})
+            for role in lineage.roles:
+                mlflow.log_input(_dataset(data, lineage, role), context=role.role)
+            if "fit.embedded" in trained.fit:
+                mlflow.log_metric("fit_images_embedded", int(trained.fit["fit.embedded"]))
+            mlflow.log_dict({"metrics": trained.metrics, "unavailable": trained.unavailable}, "metrics.json")
             if keeping:
                 mlflow.log_artifacts(str(statistics), STATISTICS_ARTIFACTS)
-            for figure in figures.values():
-                mlflow.log_artifact(str(figure), "figures")
+            for figure in trained.figures.values():
+                mlflow.log_artifact(figure, "figures")
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PYFUNC_CODE),  # models-from-code: a file, not a pickle
-                artifacts={"model": str(model_path)},
+                artifacts={"model": trained.model_path},
                 pip_requirements=_pip_requirements(),
                 signature=_signature(),
                 input_example=_example_images(params.data.image_size),
@@ -247,6 +283,24 @@ class Registry:
         version = mlflow.register_model(info.model_uri, model_name(line), tags=tags)
         self.client.set_registered_model_alias(model_name(line), CHALLENGER, version.version)
         return Candidate(str(version.version), run.info.run_id, decided=False)
+
+    def log_rescored(self, line: str, champion: ModelVersion, data: DataVersion, metrics: dict[str, float],
+                     code_version: str) -> str:
+        """Log the champion's metrics re-scored on ``data`` as a run of their own (found again, not
+        logged twice, for the same champion, data and code); returns its run id."""
+        key = f"v{champion.version}|{data.md5}|{code_version}"
+        experiment_id = self._experiment(line)
+        found = self.client.search_runs([experiment_id], f"tags.`{TAG}rescore` = '{key}'")
+        if found:
+            return found[0].info.run_id
+        tags = {f"{TAG}kind": "champion re-scored", f"{TAG}rescore": key, f"{TAG}rescored_version":
+                str(champion.version), f"{TAG}rescored_run": champion.run_id, f"{TAG}data_md5": data.md5,
+                f"{TAG}data_rev": data.rev or "", f"{TAG}code_version": code_version}
+        run_name = f"{line}-champion-v{champion.version}-on-{data.md5[:8]}"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            mlflow.set_tags(tags)
+            mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        return run.info.run_id
 
     def fetch_statistics(self, line: str, config: str, store: StatisticsStore) -> list[str]:
         """Download into ``store`` the kept statistics of the line's champion and latest version
@@ -316,47 +370,197 @@ class Registry:
             mlflow.log_table(pd.DataFrame(grid), artifact_file=TUNING_TABLE)
         return run.info.run_id
 
-    def record_decision(self, line: str, version: str, promote: bool, reason: str) -> None:
-        """Tag the gate's verdict on the version; move ``@champion`` to it only if it passed. The
-        caller holds the line's lock (the retrain flow does)."""
-        if promote:
-            self._promote(line, version, reason)
-        else:
-            self._tag(line, version, reason=reason, decision=CHALLENGER)
+    # -- decisions (each in the line's turn, each an event of the audit trail) ------------------
+    @contextmanager
+    def turn(self, line: str, purpose: str, timeout_s: float | None = None) -> Iterator[LineLock]:
+        """The line's writer turn (:class:`flows.lock.LineLock`); events left half-way by a writer
+        that died are settled first (see flows.audit)."""
+        with LineLock(self.client, line, purpose, timeout_s) as lock:
+            self._settle(line)
+            yield lock
 
-    def promote(self, line: str, version: str, reason: str) -> None:
-        """Make ``version`` the champion, in the line's turn."""
+    def record_decision(self, line: str, version: str, decision: Decision, promotion: str,
+                        lock: LineLock, links: dict[str, str] | None = None) -> Event:
+        """Record the gate's verdict on a new version: as champion if it passed and the line
+        promotes automatically, as pending approval if it passed and the line wants approval, else
+        as challenger. The caller holds the line's turn (``lock``). A verdict recorded by a process
+        that died before summarising it on the version is completed, not recorded twice."""
+        target = self.version(line, version)
+        earlier = [event for event in self.trail(line).events()
+                   if event.action == "gate" and event.version == str(version) and event.status == FINISHED]
+        if earlier and f"{TAG}decision" not in target.tags:
+            self._summarise(line, earlier[-1])
+            return earlier[-1]
+        verdict = {"gate": PASSED if decision.promote else FAILED, "gate.reason": decision.reason,
+                   "gate.failed": json.dumps(decision.failed())}
+        self._tag(line, version, **verdict)
+        before = self._champion_version(line)
+        outcome = CHALLENGER
+        if decision.promote:
+            outcome = CHAMPION if promotion == "auto" else PENDING
+        after = str(version) if outcome == CHAMPION else before
+        event = Event(line, "gate", str(version), outcome, before, after, decision.reason, by=actor(self.uri),
+                      gates=decision.as_records(), links=links or {})
+        self._apply(event, lock)
+        return event
+
+    def promote(self, line: str, version: str, reason: str, override_gates: bool = False) -> Event:
+        """Make ``version`` the champion by hand, in the line's turn. A version that failed its gates
+        (or was never gated) needs ``override_gates``, and the event records which gates it
+        overrode; a version whose data is not on the DVC remote is refused whatever is said."""
         self.version(line, version)  # fails clearly on an unknown version, before any write
-        with self.line_lock(line, f"promote v{version}") as lock:
-            self._promote(line, version, reason, lock)
+        with self.turn(line, f"promote v{version}") as lock:
+            target = self.version(line, version)
+            gate = target.tags.get(f"{TAG}gate")
+            failed = json.loads(target.tags.get(f"{TAG}gate.failed", "[]"))
+            if DATA_ON_REMOTE in failed:
+                msg = (f"{model_name(line)} v{version} was fitted on data that was not on the DVC remote:"
+                       f" {target.tags.get(f'{TAG}gate.reason', '')}; push it, then run 'padim-mlops retrain"
+                       f" {line}' to gate it again")
+                raise ValueError(msg)
+            overridden = failed if gate == FAILED else ([] if gate == PASSED else ["never gated"])
+            if overridden and not override_gates:
+                why = (f"failed its gates ({', '.join(failed)}): {target.tags.get(f'{TAG}gate.reason', '')}"
+                       if gate == FAILED else "has not been gated")
+                raise ValueError(f"{model_name(line)} v{version} {why}; give --override-gates to promote it"
+                                 " anyway (the override is recorded)")
+            before = self._champion_version(line)
+            event = Event(line, "promote", str(version), CHAMPION, before, str(version), reason,
+                          by=actor(self.uri), overridden=overridden)
+            self._apply(event, lock)
+            return event
 
-    def rollback(self, line: str) -> str:
-        """Give ``@champion`` back to the version it replaced, in the line's turn; returns that version."""
-        with self.line_lock(line, "rollback") as lock:
-            current = self.champion(line)
-            if current is None:
-                raise KeyError(f"{model_name(line)} has no champion to roll back")
+    def rollback(self, line: str, reason: str) -> Event:
+        """Give ``@champion`` back to the version the champion replaced, in the line's turn."""
+        with self.turn(line, "rollback") as lock:
+            current = self._current_champion(line, "roll back")
             previous = current.tags.get(f"{TAG}previous_champion")
             if not previous:
-                raise KeyError(f"{model_name(line)} v{current.version} replaced no earlier champion")
-            self._tag(line, str(current.version), reason=f"rolled back to v{previous}",
-                      decision="rolled back")
-            lock.check()
-            self.client.set_registered_model_alias(model_name(line), CHAMPION, previous)
-            return previous
+                raise KeyError(f"{model_name(line)} v{current.version} replaced no earlier champion:"
+                               f" 'padim-mlops demote {line} --reason ...' removes it")
+            event = Event(line, "rollback", str(current.version), ROLLED_BACK, str(current.version), previous,
+                          reason, by=actor(self.uri))
+            self._apply(event, lock)
+            return event
 
-    def _promote(self, line: str, version: str, reason: str, lock: LineLock | None = None) -> None:
-        """Tag the champion it replaces, move the alias (the commit point), then tag the decision:
-        rerun after a crash anywhere in between, it completes the same promotion. The caller holds
-        the line's lock (``lock``, checked just before the move, or the retrain flow's)."""
+    def demote(self, line: str, reason: str) -> Event:
+        """Remove ``@champion`` (the line then has none: scoring by alias fails until a promotion)."""
+        with self.turn(line, "demote") as lock:
+            current = self._current_champion(line, "demote")
+            event = Event(line, "demote", str(current.version), DEMOTED, str(current.version), "", reason,
+                          by=actor(self.uri))
+            self._apply(event, lock)
+            return event
+
+    def approve(self, line: str, version: str, reason: str, by: str | None = None) -> Event:
+        """Promote the version waiting for approval (it passed its gates); ``by``: who answered,
+        where that is not this process's user (a reviewer in the Prefect UI)."""
+        with self.turn(line, f"approve v{version}") as lock:
+            self._require_pending(line, version)
+            event = Event(line, "approve", str(version), CHAMPION, self._champion_version(line), str(version),
+                          reason, by=by or actor(self.uri))
+            self._apply(event, lock)
+            return event
+
+    def reject(self, line: str, version: str, reason: str, by: str | None = None) -> Event:
+        """Refuse the version waiting for approval: it stays a challenger, recorded as rejected."""
+        with self.turn(line, f"reject v{version}") as lock:
+            self._require_pending(line, version)
+            before = self._champion_version(line)
+            event = Event(line, "reject", str(version), REJECTED, before, before, reason,
+                          by=by or actor(self.uri))
+            self._apply(event, lock)
+            return event
+
+    def status(self, line: str) -> LineStatus:
+        """The line's champion, challenger and pending version, and its latest decision."""
+        holders: dict[str, tuple[list[str], ModelVersion]] = {}  # a version may hold several roles
+        for role in (CHAMPION, CHALLENGER, PENDING):
+            found = self.alias(line, role)
+            if found is not None:
+                holders.setdefault(str(found.version), ([], found))[0].append(role)
+        versions = [VersionSummary("+".join(roles), number, found.tags.get(f"{TAG}data_md5", ""),
+                                   found.tags.get(f"{TAG}data_rev", ""), self.run_metrics(found.run_id),
+                                   found.tags.get(f"{TAG}decision", ""))
+                    for number, (roles, found) in holders.items()]
+        events = [event for event in self.history(line) if event.status == FINISHED]
+        return LineStatus(line, versions, events[-1] if events else None)
+
+    def history(self, line: str) -> list[Event]:
+        """The line's decisions, oldest first."""
+        return self.trail(line).events()
+
+    def trail(self, line: str) -> AuditTrail:
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (self.root / "mlartifacts" / line / "decisions").as_uri()
+        return AuditTrail(self.client, line, location)
+
+    def _apply(self, event: Event, lock: LineLock) -> None:
+        """Begin the event, make its alias moves (the commit point: checked against the lock just
+        before), finish it, then summarise it on the version."""
+        trail = self.trail(event.line)
+        run_id = trail.begin(event)
+        name = model_name(event.line)
+        if event.champion_after != event.champion_before:
+            if event.champion_after and event.action != "rollback":
+                self._tag(event.line, event.champion_after, previous_champion=event.champion_before)
+            lock.check()
+            if event.champion_after:
+                self.client.set_registered_model_alias(name, CHAMPION, event.champion_after)
+            else:
+                self.client.delete_registered_model_alias(name, CHAMPION)
+        if event.outcome == PENDING:
+            waiting = self.alias(event.line, PENDING)
+            if waiting is not None and str(waiting.version) != event.version:  # one pending at a time
+                self._tag(event.line, str(waiting.version), decision=CHALLENGER,
+                          reason=f"superseded by v{event.version}, pending approval in its place")
+            self.client.set_registered_model_alias(name, PENDING, event.version)
+        elif event.action in ("approve", "reject") or self._is_pending(event.line, event.version):
+            self.client.delete_registered_model_alias(name, PENDING)
+        trail.finish(run_id)
+        self._summarise(event.line, event)
+
+    def _summarise(self, line: str, event: Event) -> None:
+        """The version's tags as the latest event left it (the trail keeps every event)."""
+        self._tag(line, event.version, decision=event.outcome, reason=event.reason, **{
+            "decided_by": event.by, "decided_at": event.at, "decided_by_action": event.action})
+        if event.action == "rollback" and event.champion_after:
+            self._tag(line, event.champion_after, decision=CHAMPION, reason=f"restored: {event.reason}")
+
+    def _settle(self, line: str) -> None:
+        """Finish the events whose writer died after their alias moves, mark the others interrupted."""
+        trail = self.trail(line)
+        for run_id, event in trail.unsettled():
+            took_effect = self._champion_version(line) == event.champion_after
+            if event.outcome == PENDING:
+                took_effect = took_effect and self._is_pending(line, event.version)
+            if took_effect:
+                trail.finish(run_id)
+                self._summarise(line, event)
+            else:
+                trail.abandon(run_id, "its process stopped before the alias moved; nothing changed")
+
+    def _require_pending(self, line: str, version: str) -> None:
+        self.version(line, version)
+        pending = self.alias(line, PENDING)
+        if pending is None or str(pending.version) != str(version):
+            waiting = f"v{pending.version} is" if pending is not None else "no version is"
+            raise ValueError(f"{model_name(line)} v{version} is not waiting for approval ({waiting})")
+
+    def _is_pending(self, line: str, version: str) -> bool:
+        pending = self.alias(line, PENDING)
+        return pending is not None and str(pending.version) == str(version)
+
+    def _current_champion(self, line: str, to_do: str) -> ModelVersion:
         current = self.champion(line)
-        if current is None or str(current.version) != str(version):
-            previous = str(current.version) if current is not None else ""
-            self._tag(line, version, reason=reason, previous_champion=previous)
-            if lock is not None:
-                lock.check()
-            self.client.set_registered_model_alias(model_name(line), CHAMPION, str(version))
-        self._tag(line, version, reason=reason, decision=CHAMPION)
+        if current is None:
+            raise KeyError(f"{model_name(line)} has no champion to {to_do}")
+        return current
+
+    def _champion_version(self, line: str) -> str:
+        champion = self.champion(line)
+        return str(champion.version) if champion is not None else ""
 
     def _end_abandoned_runs(self, line: str, cache_key: str) -> None:
         experiment = self.client.get_experiment_by_name(experiment_name(line))
@@ -381,16 +585,16 @@ class Registry:
             location = (self.root / "mlartifacts" / line).as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
-    def _lineage_tags(self, data: DataVersion, cache_key: str, code_version: str) -> dict[str, str]:
+    def _lineage_tags(self, data: DataVersion, version_key: str, code_version: str,
+                      lineage: Lineage) -> dict[str, str]:
         return {
             f"{TAG}code_version": code_version,
             f"{TAG}data_md5": data.md5,
             f"{TAG}data_rev": data.rev or "",
-            f"{TAG}git_commit": _git_commit(self.root),
-            f"{TAG}cache_key": cache_key,
+            f"{TAG}cache_key": version_key,
             f"{TAG}packages": json.dumps(_package_versions()),
-            f"{TAG}registered_by": getpass.getuser(),
-        }
+            f"{TAG}registered_by": actor(self.uri),
+        } | {f"{TAG}{name}": value for name, value in lineage.tags().items()}
 
 
 @cache
@@ -401,188 +605,6 @@ def _open_sqlite_store(uri: str) -> None:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)
-
-
-class LockTimeoutError(RuntimeError):
-    """Waited longer than asked for a line's lock; the message names its holder."""
-
-
-class LockLostError(RuntimeError):
-    """The holder of a line's lock was presumed dead and its turn was taken over."""
-
-
-class LineLock:
-    """One writer of a line's versions and aliases at a time, wherever the writers run.
-
-    The lock is a lease kept as a registered model ``padim-<line>.lock-<generation>``: creating a
-    registered model is atomic (a unique name in MLflow's database, on SQLite as on a server), so
-    of two writers that try the next generation exactly one gets it. The holder renews its lease
-    (tag ``padim.lock.renewed``) and marks it released when done; a lock whose holder process is
-    gone (same machine: boot and pid namespace, not just the host name) or whose lease a waiter saw
-    unrenewed for ``LOCK_TTL_S`` by its own clock (no comparison of two machines' clocks) is taken
-    over by creating the next generation. The newest generation is never deleted, so a slow writer
-    that created an older one sees a newer one and backs off; :meth:`check` tells a holder whose
-    lock was taken over. The registry's UI shows who holds a line (host, pid, purpose, since).
-    """
-
-    def __init__(self, client: MlflowClient, line: str, purpose: str, timeout_s: float | None = None,
-                 ttl_s: float = LOCK_TTL_S) -> None:
-        self.client, self.line, self.purpose = client, line, purpose
-        self.prefix = f"{model_name(line)}.lock-"
-        self.timeout_s, self.ttl_s = timeout_s, ttl_s
-        self.generation = 0
-        self._seen: dict[str, tuple[str, float]] = {}  # lock -> (its renewal stamp, when first seen)
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
-
-    def __enter__(self) -> LineLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        started, reported = time.monotonic(), False
-        while True:
-            generations = self._generations()
-            newest = max(generations, default=0)
-            holder = generations.get(newest)
-            if holder is None or self._free(self._name(newest), holder):
-                if self._claim(newest + 1):
-                    break
-                continue
-            if not reported:
-                log.warning("%s: waiting for the line's lock, held by %s", self.line, _describe(holder))
-                reported = True
-            if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
-                msg = (f"{self.line}: gave up after {self.timeout_s:g} s waiting for the line's lock,"
-                       f" held by {_describe(holder)}")
-                raise LockTimeoutError(msg)
-            time.sleep(LOCK_POLL_S)
-        for older in (g for g in generations if g < self.generation):
-            self._delete(older)
-        self._renewer = threading.Thread(target=self._renew, name=f"lock-{self.line}", daemon=True)
-        self._renewer.start()
-
-    def check(self) -> None:
-        """Raise LockLostError if another writer took this lock over (this holder looked dead)."""
-        newest = max(self._generations(), default=0)
-        if newest != self.generation:
-            msg = (f"{self.line}: the line's lock was taken over (generation {newest}, ours"
-                   f" {self.generation}), after {self.ttl_s:g} s without renewal; this writer stops before"
-                   " changing aliases")
-            raise LockLostError(msg)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join()
-        try:
-            self.client.set_registered_model_tag(self._name(self.generation), f"{TAG}lock.released", _now())
-        except MlflowException as error:  # the next writer will see the lease expire instead
-            log.warning("%s: could not release the line's lock: %s", self.line, error)
-        _HELD_HERE.discard(self._name(self.generation))
-
-    def _claim(self, generation: int) -> bool:
-        """Create lock ``generation``; True if it is ours and still the newest."""
-        tags = {f"{TAG}lock.host": socket.gethostname(), f"{TAG}lock.machine": _machine(),
-                f"{TAG}lock.pid": str(os.getpid()), f"{TAG}lock.purpose": self.purpose,
-                f"{TAG}lock.since": _now(), f"{TAG}lock.renewed": _now()}
-        name = self._name(generation)
-        with _CLAIMING:  # another thread must not see it created yet not held here
-            try:
-                description = f"lock of {model_name(self.line)}: {self.purpose}"
-                self.client.create_registered_model(name, tags=tags, description=description)
-            except MlflowException as error:
-                if error.error_code in CLAIM_LOST:
-                    return False
-                raise
-            _HELD_HERE.add(name)
-        if max(self._generations(), default=0) != generation:  # created below a newer one: stale
-            _HELD_HERE.discard(name)
-            self._delete(generation)
-            return False
-        self.generation = generation
-        return True
-
-    def _free(self, name: str, holder: dict[str, str]) -> bool:
-        """Released; left by a process of this machine that is gone or (its release having failed,
-        say while MLflow was unreachable) is this one and no longer holds it; or unrenewed for the
-        lease's length, as this waiter has watched it."""
-        if f"{TAG}lock.released" in holder:
-            return True
-        if holder.get(f"{TAG}lock.machine") == _machine():
-            pid = holder.get(f"{TAG}lock.pid")
-            if pid != str(os.getpid()) and not _alive(pid):
-                return True
-            if pid == str(os.getpid()):
-                with _CLAIMING:
-                    if name not in _HELD_HERE:
-                        return True
-        stamp, now = holder.get(f"{TAG}lock.renewed", ""), time.monotonic()
-        if self._seen.get(name, ("", 0.0))[0] != stamp:
-            self._seen[name] = (stamp, now)
-        return now - self._seen[name][1] > self.ttl_s
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.ttl_s / 6):
-            try:
-                self.client.set_registered_model_tag(self._name(self.generation), f"{TAG}lock.renewed",
-                                                     _now())
-            except MlflowException as error:
-                if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # taken over and cleaned: check() says so
-                    return
-                log.warning("%s: could not renew the line's lock: %s", self.line, error)
-
-    def _generations(self) -> dict[int, dict[str, str]]:
-        found = self.client.search_registered_models(f"name LIKE '{self.prefix}%'", max_results=1000)
-        return {int(model.name.removeprefix(self.prefix)): dict(model.tags) for model in found
-                if model.name.startswith(self.prefix) and model.name.removeprefix(self.prefix).isdigit()}
-
-    def _delete(self, generation: int) -> None:
-        try:
-            self.client.delete_registered_model(self._name(generation))
-        except MlflowException:
-            pass  # already gone: another writer cleaned it
-
-    def _name(self, generation: int) -> str:
-        return f"{self.prefix}{generation:06d}"
-
-
-def _describe(holder: dict[str, str]) -> str:
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get(f"{TAG}lock.since", 0))))
-    return (f"{holder.get(f'{TAG}lock.purpose', '?')} (host {holder.get(f'{TAG}lock.host', '?')},"
-            f" pid {holder.get(f'{TAG}lock.pid', '?')}, since {since})")
-
-
-@cache
-def _machine() -> str:
-    """This machine as its processes see it: boot id and pid namespace, so that two containers
-    that share a host name (and number their processes alike) are told apart."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # no /proc: the host name is all there is
-        return socket.gethostname()
-    return f"{socket.gethostname()}/{boot}/{namespace}"
-
-
-def _alive(pid: str | None) -> bool:
-    """Whether a process of this host is running (unknown counts as running)."""
-    if not pid or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _now() -> str:
-    return f"{time.time():.3f}"
 
 
 def _pip_requirements() -> list[str]:
@@ -616,8 +638,41 @@ def _package_versions() -> dict[str, str]:
     return package_versions(*PACKAGES)
 
 
-def _git_commit(root: Path) -> str:
-    import subprocess
+class DVCDatasetSource(DatasetSource):
+    """Where a role's images lie: a DVC remote, the folder's path in the project and the revision."""
 
+    def __init__(self, remote: str, path: str, rev: str) -> None:
+        self.remote, self.path, self.rev = remote, path, rev
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "dvc"
+
+    def load(self) -> str:
+        raise NotImplementedError("pull a data version with 'padim-mlops data pull LINE --rev REV'")
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:  # noqa: ANN401
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> DVCDatasetSource:  # noqa: ANN401
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, str]:
+        return {"remote": self.remote, "path": self.path, "rev": self.rev}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[str, str]) -> DVCDatasetSource:
+        return cls(source_dict["remote"], source_dict["path"], source_dict["rev"])
+
+
+def _dataset(data: DataVersion, lineage: Lineage, role: RoleData) -> MetaDataset:
+    """A role folder of the data version as an MLflow dataset: named, digested by its DVC md5."""
+    source = DVCDatasetSource(lineage.remote_url, f"data/{data.line}/{role.role}", data.rev or "")
+    return MetaDataset(source, name=f"{data.line}/{role.role}", digest=role.md5)
+
+
+def _git_commit(root: Path) -> str:
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     return result.stdout.strip() if result.returncode == 0 else "unknown"

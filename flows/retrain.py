@@ -1,11 +1,17 @@
-"""Prefect flows: retrain each product line from its DVC data version to an MLflow champion.
+"""Prefect flows: retrain each product line from its DVC data version to an MLflow decision.
 
-    retrain_product_line(line, rev)   pull -> validate -> fit + evaluate -> register -> gate
+    retrain_product_line(line, rev)   pull -> validate -> trace lineage -> fit + evaluate -> register
+                                      -> re-score the champion -> gate -> record the decision
     retrain(lines, rev)               every line in parallel; one failure does not stop the rest
 
-A fit is known by its cache key (data md5, line params, code version): a rerun on unchanged inputs
-finds the registered version before fitting and leaves the champion alone; a fit whose process
-died before registering is found in Prefect's result cache instead of being refitted.
+A retrain runs the params and code of the working tree, so it refuses uncommitted changes to them
+unless told ``allow_dirty`` (the version is then marked dirty and never promoted automatically). A
+fit is known by its key (data md5, line params, code version, and whether the tree was dirty): a
+rerun on unchanged inputs finds the registered version before fitting and leaves the champion
+alone, except that a version held back only because its data was not on the DVC remote is gated
+again once it is; a fit whose process died before registering is found in Prefect's result cache
+instead of being refitted. A line with ``promotion: approval`` leaves a passing candidate pending;
+given ``approval_timeout_s``, the flow then waits that long for an answer (flows.approval).
 """
 
 from __future__ import annotations
@@ -23,29 +29,25 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from .approval import wait_for_approval
 from .config import LineParams, load_params
 from .data import DataStore, DataVersion
-from .gates import Decision, decide
+from .evaluate import evaluate, write_metrics
+from .gates import DATA_ON_REMOTE, SUPPORTED_OPERATING_POINT, Check, Decision, decide
 from .incremental import StatisticsStore, refit_statistics, statistics_config
-from .registry import TAG, Candidate, LineLock, Registry
+from .lineage import Lineage, lineage_of, require_clean
+from .lock import LineLock
+from .registry import CHAMPION, PENDING, TAG, Candidate, PickledModelError, Registry
+from .train import fit_line, save_model
+from .trained import TrainedModel
 from .validation import validate_line
 
 PACKAGE_DIRS = ("padim_plugin", "flows")
 RUNS = Path(".padim") / "runs"
-
-
-@dataclass
-class TrainedModel:
-    """Files and scores of one fit; they live under .padim/runs/<cache key>/."""
-
-    cache_key: str
-    model_path: str
-    metrics: dict[str, float]
-    unavailable: dict[str, str]  # metric -> why the test split cannot give it
-    calibration: dict[str, float | str]  # thresholds and normalisation, from validation only
-    figures: dict[str, str]
-    fit: dict[str, str] = field(default_factory=dict)  # flows.incremental.FitReport: path taken, images
-    statistics_path: str = ""  # the kept statistics (.padim/statistics/<cache key>)
+# the operating point at a glance: the summary's and the report's columns
+SUMMARY_METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"),
+                   ("pixel AUPRO", "pixel_aupro"), ("false alarms (test)", "test_normal_fpr"),
+                   ("recall (test)", "image_recall"), ("F1 (test)", "image_f1"))
 
 
 @dataclass
@@ -60,6 +62,10 @@ class LineResult:
     reason: str = ""
     error: str = ""
     run_id: str = ""  # the MLflow run of the version
+    champion_version: str = ""  # the champion it was compared with ("" none)
+    champion_metrics: dict[str, float] = field(default_factory=dict)  # re-scored on the same data
+    champion_run_id: str = ""  # the run holding those metrics
+    figures: dict[str, str] = field(default_factory=dict)  # name -> where to see it
 
 
 @cache
@@ -68,8 +74,8 @@ def code_version() -> str:
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
     for folder in PACKAGE_DIRS:
-        for source in sorted((root / folder).glob("*.py")):
-            digest.update(source.name.encode())
+        for source in sorted((root / folder).rglob("*.py")):
+            digest.update(source.relative_to(root).as_posix().encode())
             digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -78,6 +84,12 @@ def fit_cache_key(params: LineParams, data: DataVersion) -> str:
     settings = json.dumps(params.model_dump(), sort_keys=True, default=str)
     digest = hashlib.sha256(f"{data.md5}|{settings}|{code_version()}".encode()).hexdigest()
     return f"{params.name}-{digest[:24]}"
+
+
+def version_key(params: LineParams, data: DataVersion, lineage: Lineage) -> str:
+    """The registered version's key: a fit from a dirty tree is a version of its own, so that the
+    same fit from the committed tree is registered (and gated) anew."""
+    return fit_cache_key(params, data) + ("-dirty" if lineage.dirty else "")
 
 
 def _task_cache_key(params: LineParams, data: DataVersion, root: Path) -> str:
@@ -99,6 +111,16 @@ def validate_data(data: DataVersion, params: LineParams) -> None:
     validate_line(data.path, params.data.min_train_images, params.data.min_validation_images)
 
 
+@task(name="trace lineage", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+def trace_lineage(root: Path, data: DataVersion, dirty: list[str]) -> Lineage:
+    """The commit, and whether the DVC remote holds the whole data version."""
+    lineage = lineage_of(root, data, dirty)
+    if lineage.missing_on_remote:
+        get_run_logger().warning("%s: %d file(s) of data version %s are not on the DVC remote %s", data.line,
+                                 len(lineage.missing_on_remote), data.md5, lineage.remote_url)
+    return lineage
+
+
 @task(
     name="fit and evaluate",
     cache_key_fn=lambda context, arguments: _task_cache_key(arguments["params"], arguments["data"],
@@ -106,9 +128,6 @@ def validate_data(data: DataVersion, params: LineParams) -> None:
     persist_result=True,
 )
 def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> TrainedModel:
-    from .evaluate import evaluate, write_metrics
-    from .train import fit_line, save_model
-
     key = fit_cache_key(params, data)
     work = root / RUNS / key
     logger = get_run_logger()
@@ -121,31 +140,32 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
     model, calibration = fit_line(params, data.path, work, statistics)
     model_path = save_model(model, params, work / "model", data.md5)
     evaluation = evaluate(model, params, data.path, work)
+    metrics = evaluation.metrics | {name: value for name, value in (
+        ("validation_normal_fpr", calibration.validation_normal_fpr),
+        ("validation_recall", calibration.validation_recall)) if math.isfinite(value)}
     write_metrics(evaluation, work / "metrics.json")
-    logger.info("%s: threshold %s; %s", params.name, calibration.image_rule,
-                _format_metrics(evaluation.metrics))
-    return TrainedModel(key, str(model_path), evaluation.metrics, evaluation.unavailable,
-                        calibration.as_params(),
+    logger.info("%s: threshold %s; %s", params.name, calibration.image_rule, _format_metrics(metrics))
+    return TrainedModel(key, str(model_path), metrics, evaluation.unavailable, calibration.as_params(),
                         {name: str(path) for name, path in evaluation.figures.items()},
-                        report.as_tags() | {"statistics_config": config},
-                        str(store.folder(key)))
+                        report.as_tags() | {"statistics_config": config}, str(store.folder(key)),
+                        calibration.unsupported)
 
 
 @task(name="register candidate", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
-def register_candidate(root: Path, params: LineParams, data: DataVersion, trained: TrainedModel) -> Candidate:
-    return Registry(root).log_candidate(
-        params, data, trained.metrics, trained.unavailable, trained.calibration, Path(trained.model_path),
-        {name: Path(path) for name, path in trained.figures.items()}, trained.cache_key,
-        code_version(), trained.fit, Path(trained.statistics_path) if trained.statistics_path else None,
-    )
+def register_candidate(root: Path, params: LineParams, data: DataVersion, trained: TrainedModel,
+                       lineage: Lineage) -> Candidate:
+    return Registry(root).log_candidate(params, data, trained, lineage, code_version(),
+                                        version_key(params, data, lineage))
 
 
 @dataclass(frozen=True)
 class ChampionScores:
-    """The champion's metrics on the candidate's data, or why it cannot be scored there."""
+    """The champion's metrics on the candidate's data (and the run holding them), or why it cannot
+    be scored there."""
 
     version: str
     metrics: dict[str, float] | None
+    run_id: str = ""
     problem: str = ""
 
 
@@ -153,11 +173,8 @@ class ChampionScores:
 def champion_scores(root: Path, params: LineParams, data: DataVersion,
                     candidate_version: str) -> ChampionScores | None:
     """The champion's metrics on this data version: logged ones if it was evaluated on exactly
-    this data by this code, else a fresh evaluation of the champion model. A champion whose
-    pyfunc is a pickle is not loaded (that would run its code)."""
-    from .evaluate import evaluate
-    from .registry import PickledModelError
-
+    this data by this code, else a fresh evaluation of the champion model, logged as its own run.
+    A champion whose pyfunc is a pickle is not loaded (that would run its code)."""
     registry = Registry(root)
     champion = registry.champion(params.name)
     if champion is not None and str(champion.version) == candidate_version:  # its promotion was cut short
@@ -166,19 +183,25 @@ def champion_scores(root: Path, params: LineParams, data: DataVersion,
     if champion is None:
         return None
     version, tags = str(champion.version), champion.tags
-    if tags.get("padim.data_md5") == data.md5 and tags.get("padim.code_version") == code_version():
-        return ChampionScores(version, registry.run_metrics(champion.run_id))
+    if tags.get(f"{TAG}data_md5") == data.md5 and tags.get(f"{TAG}code_version") == code_version():
+        return ChampionScores(version, registry.run_metrics(champion.run_id), champion.run_id)
     try:
         model = registry.load_model(params.name, version)
     except PickledModelError as error:
-        return ChampionScores(version, None, f"{error}, so it cannot be re-scored on this data")
+        return ChampionScores(version, None, problem=f"{error}, so it cannot be re-scored on this data")
     work = root / RUNS / f"champion-{params.name}-v{version}-{data.md5[:12]}"
-    return ChampionScores(version, evaluate(model, params, data.path, work).metrics)
+    metrics = evaluate(model, params, data.path, work).metrics
+    return ChampionScores(version, metrics, registry.log_rescored(params.name, champion, data, metrics,
+                                                                  code_version()))
 
 
-@task(name="apply promotion gates", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
-def apply_decision(root: Path, line: str, version: str, decision: Decision) -> None:
-    Registry(root).record_decision(line, version, decision.promote, decision.reason)
+@task(name="record the decision", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+def record_decision(root: Path, params: LineParams, candidate: Candidate, decision: Decision, lock: LineLock,
+                    links: dict[str, str]) -> str:
+    """Record the gate's verdict (champion, pending approval or challenger); returns the outcome."""
+    event = Registry(root).record_decision(params.name, candidate.version, decision, params.promotion, lock,
+                                           links)
+    return event.outcome
 
 
 @task(name="collect kept statistics", cache_policy=NO_CACHE)
@@ -190,94 +213,119 @@ def collect_statistics(root: Path, line: str) -> None:
     get_run_logger().info("%s: kept statistics %.1f MB (%.1f MB freed)", line, kept / 2**20, freed / 2**20)
 
 
-@task(name="find a registered fit", cache_policy=NO_CACHE)
-def registered_fit(root: Path, params: LineParams, data: DataVersion) -> Candidate | None:
-    """The version already registered for this data, params and code, if any."""
-    return Registry(root).find_candidate(params.name, fit_cache_key(params, data))
-
-
 @flow(name="retrain-product-line", log_prints=True)
-def retrain_product_line(line: str, rev: str | None = None, root: str = ".") -> LineResult:
+def retrain_product_line(line: str, rev: str | None = None, root: str = ".", allow_dirty: bool = False,
+                         approval_timeout_s: int = 0) -> LineResult:
     """Pull the line's data at ``rev`` (default HEAD), fit, evaluate, register and gate it.
 
     Fitting, registering and gating happen in the line's turn (its registry lock), so retrains of
     one line that overlap (a schedule and a manual run, two machines) give one version and one
-    decision: the later one finds the earlier one's version and reuses its decision."""
+    decision: the later one finds the earlier one's version and reuses its decision. A passing
+    candidate of a line under approval waits as pending; with ``approval_timeout_s`` the flow
+    waits that long for the answer, outside the line's turn."""
     project = Path(root).resolve()
+    dirty = require_clean(project, allow_dirty)
     params = load_params(project / "params.yaml").line(line)
     registry = Registry(project)
     data = pull_data(project, line, rev)
     validate_data(data, params)
-    with registry.line_lock(line, f"retrain {line} on data {data.md5}") as lock:
-        known = registered_fit(project, params, data)
-        if known is not None and known.decided:
-            metrics = registry.run_metrics(known.run_id)
-            result = LineResult(line, data.md5, metrics, known.version, known.decision or "",
-                                "unchanged data, params and code: reused", run_id=known.run_id)
+    lineage = trace_lineage(project, data, dirty)
+    with registry.turn(line, f"retrain {line} on data {data.md5}") as lock:
+        known = registry.find_candidate(line, version_key(params, data, lineage))
+        held_by_remote = known is not None and DATA_ON_REMOTE in known.gate_failed
+        if known is not None and known.decided and not (held_by_remote and not lineage.missing_on_remote):
+            result = LineResult(line, data.md5, registry.run_metrics(known.run_id), known.version,
+                                known.decision or "", "unchanged data, params and code: reused",
+                                run_id=known.run_id)
         else:
-            result = fit_register_and_decide(project, params, data, lock)
-    publish_report(result, registry.run_link(result.run_id), registry.uri)
+            result = fit_register_and_decide(project, params, data, lineage, lock)
+    publish_report(result, registry)
+    if result.decision == PENDING and approval_timeout_s > 0:
+        result.decision, result.reason = wait_for_approval(project, line, result.model_version,
+                                                           approval_timeout_s)
     return result
 
 
-def fit_register_and_decide(project: Path, params: LineParams, data: DataVersion,
+def fit_register_and_decide(project: Path, params: LineParams, data: DataVersion, lineage: Lineage,
                             lock: LineLock) -> LineResult:
     """The part of a retrain that writes a version and a decision (in the line's turn)."""
     trained = fit_and_evaluate(params, data, project)
     if not ((Path(trained.model_path) / "manifest.json").is_file()
             and Path(trained.statistics_path).is_dir()):  # the cached fit's files were cleaned away
         trained = fit_and_evaluate.with_options(refresh_cache=True)(params, data, project)
-    candidate = register_candidate(project, params, data, trained)  # found again after a crash
+    candidate = register_candidate(project, params, data, trained, lineage)  # found again after a crash
     champion = champion_scores(project, params, data, candidate.version)
+    blockers = lineage.blockers(data)
+    if trained.unsupported:
+        blockers.append(Check(SUPPORTED_OPERATING_POINT, False, trained.unsupported))
     if champion is not None and champion.problem:
-        decision = Decision(False, f"{champion.problem}; compare and promote by hand")
-    else:
-        decision = decide(trained.metrics, champion.metrics if champion else None, params.gates,
-                          champion.version if champion else None, trained.unavailable)
+        blockers.append(Check("champion comparable", False,
+                              f"{champion.problem}; compare and promote by hand"))
+    decision = decide(trained.metrics, champion.metrics if champion else None, params.gates,
+                      champion.version if champion else None, trained.unavailable,
+                      params.thresholds.false_alarm_budget, blockers)
     lock.check()
-    apply_decision(project, params.name, candidate.version, decision)
+    links = {"candidate_run": candidate.run_id} | ({"champion_run": champion.run_id} if champion else {})
+    outcome = record_decision(project, params, candidate, decision, lock, links)
     collect_statistics(project, params.name)
-    return LineResult(params.name, data.md5, trained.metrics, candidate.version,
-                      "champion" if decision.promote else "challenger", decision.reason,
-                      run_id=candidate.run_id)
+    reason = decision.reason
+    if outcome == PENDING:
+        reason += (f"; waits for approval: padim-mlops approve {params.name} {candidate.version} --reason ..."
+                   " (or reject)")
+    return LineResult(params.name, data.md5, trained.metrics, candidate.version, outcome, reason,
+                      run_id=candidate.run_id, champion_version=champion.version if champion else "",
+                      champion_metrics=(champion.metrics or {}) if champion else {},
+                      champion_run_id=champion.run_id if champion else "",
+                      figures={name: Path(path).name for name, path in trained.figures.items()})
 
 
-def publish_report(result: LineResult, run_link: str, uri: str) -> None:
-    metrics = "\n".join(f"| {name} | {value:.4g} |" for name, value in sorted(result.metrics.items()))
+def publish_report(result: LineResult, registry: Registry) -> None:
+    """The line's Prefect report: the decision, the candidate beside the champion, where to look."""
+    rows = [f"| {title} | {_number(result.metrics.get(name))} | {_number(result.champion_metrics.get(name))}"
+            " |" for title, name in SUMMARY_METRICS]
+    header = f"| metric (same data) | v{result.model_version} | champion v{result.champion_version or '-'} |"
+    links = [f"- candidate run: {registry.run_link(result.run_id)}"]
+    if result.champion_run_id:
+        links.append(f"- champion re-scored: {registry.run_link(result.champion_run_id)}")
+    links += [f"- {name}: {registry.artifact_link(result.run_id, f'figures/{file}')}"
+              for name, file in sorted(result.figures.items())]
     create_markdown_artifact(
         key=f"retrain-{result.line.lower().replace('_', '-')}",
         description=f"retrain {result.line}",
         markdown=(
-            f"# {result.line}: v{result.model_version} is {result.decision}\n\n"
-            f"{result.reason}\n\n| metric | value |\n|---|---|\n{metrics}\n\n"
-            f"- data version: `{result.data_version}`\n- MLflow: {run_link}\n"
-            f"- registry: `models:/padim-{result.line}@champion` on `{uri}`\n"
+            f"# {result.line}: v{result.model_version} is {result.decision}\n\n{result.reason}\n\n"
+            f"{header}\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            f"- data version: `{result.data_version}`\n" + "\n".join(links) + "\n"
+            f"- registry: `models:/padim-{result.line}@{CHAMPION}` on `{registry.uri}`\n"
         ),
     )
 
 
 @task(name="retrain line", cache_policy=NO_CACHE)
-def retrain_line(line: str, rev: str | None, root: str) -> LineResult:
+def retrain_line(line: str, rev: str | None, root: str, allow_dirty: bool = False) -> LineResult:
     """Run one line's flow; its failure becomes a row of the summary, not the end of the run."""
     try:
-        return retrain_product_line(line, rev, root)
-    except Exception as error:  # noqa: BLE001  # reported per line, see the summary
+        return retrain_product_line(line, rev, root, allow_dirty)
+    except Exception as error:  # reported per line, see the summary
         get_run_logger().error("%s failed: %s", line, error)
         return LineResult(line, error=f"{type(error).__name__}: {error}")
 
 
 @flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
-def retrain(lines: list[str] | None = None, rev: str | None = None, root: str = ".") -> list[LineResult]:
+def retrain(lines: list[str] | None = None, rev: str | None = None, root: str = ".",
+            allow_dirty: bool = False) -> list[LineResult]:
     """Retrain every product line in params.yaml (or ``lines``) in parallel; print the summary."""
+    require_clean(Path(root).resolve(), allow_dirty)
     lines = lines or sorted(load_params(Path(root) / "params.yaml").lines)
-    futures = [retrain_line.submit(line, rev, root) for line in lines]
+    futures = [retrain_line.submit(line, rev, root, allow_dirty) for line in lines]
     results = [future.result() for future in futures]
     print(summary_table(results))
     return results
 
 
 def run_retrain(lines: list[str] | None = None, rev: str | None = None, root: str = ".",
-                dask_address: str | None = None, max_parallel: int = 2) -> list[LineResult]:
+                dask_address: str | None = None, max_parallel: int = 2,
+                allow_dirty: bool = False) -> list[LineResult]:
     """``retrain`` with the fan-out chosen here: threads locally, or a Dask cluster."""
     if dask_address:
         from prefect_dask import DaskTaskRunner
@@ -285,22 +333,31 @@ def run_retrain(lines: list[str] | None = None, rev: str | None = None, root: st
         runner: Any = DaskTaskRunner(address=dask_address)
     else:
         runner = ThreadPoolTaskRunner(max_workers=max_parallel)
-    return retrain.with_options(task_runner=runner)(lines, rev, root)
+    return retrain.with_options(task_runner=runner)(lines, rev, root, allow_dirty)
 
 
 def summary_table(results: list[LineResult]) -> str:
-    header = ("| line | data version | image AUROC | pixel AUROC | pixel AUPRO | test F1 | test normal FPR"
-              " | version | decision |")
-    rows = [header, "|" + "---|" * 9]
+    """One row per line: the metrics at its operating point, with 95% intervals, and the decision."""
+    titles = ["image AUROC", "pixel AUROC", "false alarms (test, 95% CI)", "recall (test, 95% CI)", "F1"]
+    rows = [f"| line | data version | {' | '.join(titles)} | version | decision |", "|" + "---|" * 9]
     for r in results:
         if r.error:
             rows.append(f"| {r.line} | | | | | | | | FAILED: {' '.join(r.error.split())} |")
             continue
-        names = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1", "test_normal_fpr")
-        values = [_number(r.metrics.get(name)) for name in names]
+        m = r.metrics
+        values = [_number(m.get("image_auroc")), _number(m.get("pixel_auroc")),
+                  _interval(m, "test_normal_fpr"), _interval(m, "image_recall"), _number(m.get("image_f1"))]
         rows.append(f"| {r.line} | {r.data_version[:12]} | {' | '.join(values)} | v{r.model_version}"
                     f" | {r.decision}: {r.reason} |")
     return "\n".join(rows)
+
+
+def _interval(metrics: dict[str, float], name: str) -> str:
+    if name not in metrics:
+        return ""
+    low, high = metrics.get(f"{name}_low"), metrics.get(f"{name}_high")
+    bounds = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{metrics[name]:.3f}{bounds}"
 
 
 def _number(value: float | None) -> str:

@@ -127,28 +127,27 @@ REFUSED = {
                                               "image folder {missing} does not exist"),
     "data validate of a missing folder": (["data", "validate", "{missing}"],
                                           "{missing}: folder does not exist"),
-    "data pull of a line without data": (["data", "pull", "beta"],
-                                         "product line 'beta' has no data at revision"),
-    "promote an unknown version": (["promote", "alpha", "7"], "padim-alpha has no version 7"),
-    "promote a version that is not a number": (["promote", "alpha", "latest"],
+    "promote an unknown version": (["promote", "alpha", "7", "--reason", "r"],
+                                   "padim-alpha has no version 7"),
+    "promote a version that is not a number": (["promote", "alpha", "latest", "--reason", "r"],
                                                "padim-alpha has no version latest"),
-    "rollback without a champion": (["rollback", "alpha"], "padim-alpha has no champion to roll back"),
+    "rollback without a champion": (["rollback", "alpha", "--reason", "r"],
+                                    "padim-alpha has no champion to roll back"),
+    "demote without a champion": (["demote", "alpha", "--reason", "r"],
+                                  "padim-alpha has no champion to demote"),
+    "approve a version that is not pending": (["approve", "alpha", "1", "--reason", "r"],
+                                              "padim-alpha has no version 1"),
     "predict a missing file": (["predict", "alpha", "{missing}", "--out", "{bare}/out"],
                                "no such file or folder: {missing}"),
     "predict a folder without images": (["predict", "alpha", "{empty}", "--out", "{bare}/out"],
                                         "no images to score in {empty}"),
     "predict a line without a champion": (["predict", "alpha", "{images}", "--out", "{bare}/out"],
                                           "padim-alpha has no @champion in sqlite:"),
-    "predict a line params.yaml does not know": (["predict", "beta", "{images}", "--out", "{bare}/out"],
-                                                 "padim-beta has no @champion"),
     "predict an unknown alias": (["predict", "alpha", "{images}", "--out", "{bare}/out", "--alias",
                                   "staging"], "padim-alpha has no @staging"),
     "export a line without a champion": (["export", "alpha", "--format", "onnx", "--out", "{bare}/exports"],
                                          "padim-alpha has no @champion"),
-    "retrain a line params.yaml does not know": (["retrain", "alpha", "beta"],
-                                                 "product lines ['beta'] are not in {root}/params.yaml"
-                                                 " (known: ['alpha'])"),
-    "tune a line params.yaml does not know": (["tune", "beta"], "product line 'beta' is not in params.yaml"),
+
 }
 
 
@@ -241,8 +240,13 @@ LINE_COMMANDS = {
     "data diff": ["data", "diff", "--", "{name}", "HEAD"],
     "retrain": ["retrain", "--", "alpha", "{name}"],
     "tune": ["tune", "--", "{name}"],
-    "promote": ["promote", "--", "{name}", "1"],
-    "rollback": ["rollback", "--", "{name}"],
+    "promote": ["promote", "--reason", "r", "--", "{name}", "1"],
+    "rollback": ["rollback", "--reason", "r", "--", "{name}"],
+    "demote": ["demote", "--reason", "r", "--", "{name}"],
+    "approve": ["approve", "--reason", "r", "--", "{name}", "1"],
+    "reject": ["reject", "--reason", "r", "--", "{name}", "1"],
+    "history": ["history", "--", "{name}"],
+    "status": ["status", "--", "{name}"],
     "predict": ["predict", "--out", "{bare}/out", "--", "{name}", "{images}"],
     "export": ["export", "--format", "onnx", "--out", "{bare}/exports", "--", "{name}"],
 }
@@ -257,7 +261,8 @@ def test_a_bad_line_name_is_a_usage_error_for_every_command(
     argv = [name if part == "\0" else part for part in filled(argv, paths)]
     code, err = outcome(["--root", str(paths["root"]), *argv], capsys)
     assert code == 2
-    assert f"argument line{'s' if argv[0] == 'retrain' else ''}: invalid product line name {name!r}" in err
+    argument = "lines" if argv[0] in ("retrain", "status") else "line"
+    assert f"argument {argument}: invalid product line name {name!r}" in err
     assert state(paths["root"]) == before
     assert not (paths["bare"] / "out").exists() and not (paths["bare"] / "exports").exists()
     assert not (paths["root"] / "etc").exists() and not (paths["bare"] / "etc").exists()
@@ -269,7 +274,7 @@ def test_the_library_refuses_a_bad_line_name_before_any_registry_or_data_call(na
     registry = Registry(tmp_path)
     for call in (lambda: model_name(name), lambda: registry.champion(name),
                  lambda: registry.find_by_cache_key(name, "key"), lambda: registry.version(name, "1"),
-                 lambda: registry.rollback(name), lambda: DataStore(paths["root"]).line_dir(name),
+                 lambda: registry.rollback(name, "r"), lambda: DataStore(paths["root"]).line_dir(name),
                  lambda: DataStore(paths["root"]).pull(name),
                  lambda: load_params(paths["root"] / "params.yaml").line_or_defaults(name)):
         with pytest.raises(ValueError, match="invalid product line name"):
@@ -289,17 +294,45 @@ def test_a_double_dash_in_a_name_is_just_a_name_not_a_comment_or_injection(
     registry.client.create_registered_model(model_name("alpha"))
     version = registry.client.create_model_version(model_name("alpha"), str(tmp_path),
                                                    tags={"padim.cache_key": "key"})
-    registry.promote("alpha", str(version.version), "test")
+    registry.promote("alpha", str(version.version), "test", override_gates=True)
     assert registry.find_by_cache_key("alpha", "key") is not None
     assert registry.find_by_cache_key("a--b", "key") is None
     assert registry.champion("a--b") is None
-    for argv, words in ((["rollback", "a--b"], "padim-a--b has no champion to roll back"),
-                        (["promote", "a--b", "1"], "padim-a--b has no version 1"),
+    for argv, words in ((["rollback", "a--b", "--reason", "r"], "padim-a--b has no champion to roll back"),
+                        (["promote", "a--b", "1", "--reason", "r"], "padim-a--b has no version 1"),
                         (["predict", "a--b", str(source), "--out", str(tmp_path / "o")],
                          "padim-a--b has no @champion")):
         code, err = outcome(["--root", str(root), *argv], capsys)
         assert code == 1 and words in err
     assert str(registry.champion("alpha").version) == str(version.version)
+
+
+UNKNOWN_LINE_COMMANDS = {
+    "data add --append": ["data", "add", "nosuch", "--append", "--normal", "{images}"],
+    "data pull": ["data", "pull", "nosuch"],
+    "data diff": ["data", "diff", "nosuch", "HEAD"],
+    "retrain": ["retrain", "alpha", "nosuch"],
+    "tune": ["tune", "nosuch"],
+    "predict": ["predict", "nosuch", "{images}", "--out", "{bare}/out"],
+    "export": ["export", "nosuch", "--format", "onnx", "--out", "{bare}/exports"],
+    "promote": ["promote", "nosuch", "1", "--reason", "r"],
+    "rollback": ["rollback", "nosuch", "--reason", "r"],
+    "demote": ["demote", "nosuch", "--reason", "r"],
+    "approve": ["approve", "nosuch", "1", "--reason", "r"],
+    "reject": ["reject", "nosuch", "1", "--reason", "r"],
+    "history": ["history", "nosuch"],
+    "status": ["status", "nosuch"],
+}
+
+
+@pytest.mark.parametrize("argv", UNKNOWN_LINE_COMMANDS.values(), ids=list(UNKNOWN_LINE_COMMANDS))
+def test_every_command_answers_an_unknown_line_with_the_same_message_listing_the_known_ones(
+        argv: list[str], paths: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    before = state(paths["root"])
+    code, err = outcome(["--root", str(paths["root"]), *filled(argv, paths)], capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == "error: unknown product line 'nosuch' (params.yaml lists: alpha)"
+    assert state(paths["root"]) == before
 
 
 # -- params.yaml: every problem is a ValueError naming the file and the key ------------------------
@@ -310,7 +343,7 @@ BAD_PARAMS = {
                               "unknown top-level keys ['defualts'] (expected defaults, lines)"),
     "unknown key in defaults": ("defaults: {modle: {}}\n",
                                 "defaults.modle: unknown key (allowed here: model, data, thresholds, export,"
-                                " gates, fit)"),
+                                " gates, fit, promotion)"),
     "unknown key in a line": ("lines:\n  alpha: {dat: {}}\n",
                               "product line 'alpha': lines.alpha.dat: unknown key"),
     "unknown key in model": ("defaults:\n  model: {n_feature: 50}\n",
@@ -320,7 +353,8 @@ BAD_PARAMS = {
     "unknown key in data.split": ("defaults:\n  data: {split: {trian: 0.7}}\n",
                                   "defaults.data.split.trian: unknown key (allowed here: seed, train,"),
     "unknown key in gates": ("defaults:\n  gates: {floor: {image_auroc: 0.7}}\n",
-                             "defaults.gates.floor: unknown key (allowed here: floors, ceilings, max_drop)"),
+                             "defaults.gates.floor: unknown key (allowed here: floors, pixel_floors,"
+                             " ceilings, false_alarm_allowance, max_drop)"),
     "name as a key of a line": ("lines:\n  alpha: {name: beta}\n", "lines.alpha.name: unknown key"),
     "unknown gate metric": ("defaults:\n  gates: {floors: {auroc: 0.7}}\n",
                             "defaults.gates.floors: unknown metrics ['auroc']; gates can use ['image_auroc'"),

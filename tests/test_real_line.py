@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
+from flows.gates import false_alarm_ceiling
 from flows.registry import Registry
 
 from .mtd import MTD, mtd_flat_folders
@@ -16,12 +17,11 @@ PARAMS = """\
 defaults:
   model: {n_features: 100}
   data: {image_size: 256}
-  gates:
-    floors: {image_auroc: 0.7, pixel_auroc: 0.7}
+  gates:                     # the project's defaults
+    floors: {image_auroc: 0.7, image_recall: 0.5}
+    pixel_floors: {pixel_auroc: 0.7}
 lines:
-  tiles:                     # inspectors label images, not pixels: a policy on image metrics
-    gates:
-      floors: {image_auroc: 0.85, image_f1: 0.75}
+  tiles: {}                  # labelled per image: the default gates, pixel floors not applied
   tiles_masked: {}
 """
 
@@ -43,8 +43,14 @@ def test_mtd_without_masks_becomes_champion_and_masks_change_no_image_metric(
     assert main(["--root", str(root), "retrain", "tiles", "tiles_masked"]) == 0
     registry = Registry(root)
     champion = registry.champion("tiles")
-    assert champion is not None, registry.challenger("tiles").tags["padim.reason"]
+    challenger = registry.challenger("tiles")
+    assert champion is not None, (challenger.tags["padim.reason"], registry.run_metrics(challenger.run_id))
+    assert "pixel floors not applied (pixel_auroc >= 0.7)" in champion.tags["padim.reason"]
     plain = registry.client.get_run(champion.run_id).data.metrics
+    # the default operating point: within the false-alarm budget on validation and, with chance's
+    # allowance, on test
+    assert plain["validation_normal_fpr"] <= 0.05
+    assert plain["test_normal_fpr"] <= false_alarm_ceiling(0.05, int(plain["test_normal_images"]), 0.95)
     masked = registry.client.get_run(registry.challenger("tiles_masked").run_id).data.metrics
     assert "pixel_auroc" not in plain and masked["pixel_auroc"] > 0.5
     assert masked["pixel_eval_defect_images"] == masked["test_defect_images"]

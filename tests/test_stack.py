@@ -11,6 +11,7 @@ stack is stopped afterwards and must leave nothing running.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from .projects import git, init_project, tiny_params, versions
 
 pytestmark = pytest.mark.stack
 LINES = ("a", "b", "c")
+APPROVAL_LINE = "gated"  # promotion: approval: its candidate waits for a reviewer
 BUCKET = "padim"
 
 
@@ -77,13 +79,15 @@ def project(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     root = base / "project"
     dvc = str(Path(sys.executable).parent / "dvc")
     with team_environment(stack):
-        init_project(root, f"s3://{BUCKET}/dvc/{base.name}", tiny_params(*LINES))
+        params = tiny_params(*LINES) + f"  {APPROVAL_LINE}: {{promotion: approval}}\n"
+        init_project(root, f"s3://{BUCKET}/dvc/{base.name}", params)
         subprocess.run([dvc, "remote", "modify", "default", "endpointurl", stack["AWS_ENDPOINT_URL"]],
                        cwd=root, check=True, capture_output=True)
         git(root, "commit", "-qam", "DVC remote on the team's S3")
-        for seed, line in enumerate(LINES):
+        for seed, line in enumerate((*LINES, APPROVAL_LINE)):
             source = write_mvtec_folder(base / f"{line}_v1", 8, 4, 4, seed=seed, n_validation=4)
-            assert main(["--root", str(root), "data", "add", line, str(source)]) == 0
+            # a new prefix of the bucket: starting a remote there is said explicitly
+            assert main(["--root", str(root), "data", "add", line, str(source), "--create-remote"]) == 0
     return root
 
 
@@ -161,6 +165,30 @@ def test_a_deployment_run_is_picked_up_by_the_worker(retrained: Path) -> None:
     finished = wait_for_final_state(flow_run.id)
     assert finished.state.is_completed(), finished.state
     assert versions(Registry(retrained), "b") == ["1"]  # unchanged data: the worker reused v1
+
+
+def test_a_deployment_waits_for_approval_and_padim_mlops_approve_answers_it(retrained: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    registry = Registry(retrained)
+    assert str(registry.alias(APPROVAL_LINE, "pending").version) == "1"  # from the retrain of every line
+    flow_run = run_deployment("retrain-product-line/retrain-product-line", timeout=0, parameters={
+        "line": APPROVAL_LINE, "root": str(retrained), "approval_timeout_s": 600})
+    deadline = time.monotonic() + 300
+    with get_client(sync_client=True) as client:
+        while not (state := client.read_flow_run(flow_run.id).state) or not state.is_paused():
+            assert time.monotonic() < deadline and not (state and state.is_final()), state
+            time.sleep(2)
+    approve = ["approve", APPROVAL_LINE, "1", "--reason", "heatmaps reviewed"]
+    assert main(["--root", str(retrained), *approve]) == 0
+    finished = wait_for_final_state(flow_run.id)
+    assert finished.state.is_completed(), finished.state
+    assert str(registry.champion(APPROVAL_LINE).version) == "1"
+    events = registry.history(APPROVAL_LINE)
+    assert [(event.action, event.outcome) for event in events] == [("gate", "pending"),
+                                                                   ("approve", "champion")]
+    assert events[-1].by == os.environ["MLFLOW_TRACKING_USERNAME"]  # the MLflow user, on a server
 
 
 def test_the_next_scheduled_run_runs_on_the_worker_and_shows_in_the_history(retrained: Path) -> None:
