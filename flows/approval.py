@@ -19,8 +19,8 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from prefect.states import Running
+from pydantic import Field
 
-from .audit import actor
 from .registry import PENDING, TAG, Registry
 
 WAITING_RUN = "approval.flow_run"  # version tag: the flow run paused for this version's approval
@@ -30,8 +30,7 @@ class ApprovalInput(RunInput):
     """The answer a reviewer gives in the Prefect UI (or ``padim-mlops approve/reject`` sends)."""
 
     approve: bool
-    reason: str
-    by: str = ""
+    reason: str = Field(min_length=1)
 
 
 def wait_for_approval(root: Path, line: str, version: str, timeout_s: int) -> tuple[str, str]:
@@ -56,7 +55,8 @@ def wait_for_approval(root: Path, line: str, version: str, timeout_s: int) -> tu
         return _decision(registry, line, version)
     pending = registry.alias(line, PENDING)
     if pending is not None and str(pending.version) == str(version):  # answered in the UI, not recorded yet
-        by = answer.by or actor(registry.uri)
+        # Prefect's form says nothing of who filled it in: the record names where the answer came from
+        by = f"the Prefect UI (flow run {context.flow_run.id if context else '?'})"
         if answer.approve:
             registry.approve(line, version, answer.reason, by=by)
         else:
@@ -69,7 +69,7 @@ def resume_waiting_flow(registry: Registry, line: str, version: str, approve: bo
     waiting = registry.version(line, version).tags.get(f"{TAG}{WAITING_RUN}")
     if not waiting:
         return ""
-    answer = {"approve": approve, "reason": reason, "by": actor(registry.uri)}
+    answer = {"approve": approve, "reason": reason}
     try:
         resume_flow_run(UUID(waiting), run_input=answer)
     except Exception as error:  # the run timed out, ended or is on a server out of reach

@@ -22,11 +22,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.entities import Param, RunStatus
 
 from .validation import check_line_name
 
-ACTIONS = ("gate", "promote", "rollback", "demote", "approve", "reject")
 TAG = "padim.event."
 PARAM_LIMIT = 6000  # MLflow's longest param value: longer text goes on in <name>.1, <name>.2, ...
 FINISHED, RUNNING, KILLED = (RunStatus.to_string(status) for status in
@@ -38,7 +37,7 @@ class Event:
     """One decision about a line's versions: who, when, what moved, and why."""
 
     line: str
-    action: str  # one of ACTIONS
+    action: str  # gate, promote, rollback, demote, approve, reject
     version: str  # the version decided on
     outcome: str  # champion, challenger, pending, rejected, rolled back, demoted
     champion_before: str  # the champion before ("" none)
@@ -50,6 +49,7 @@ class Event:
     gates: list[dict[str, object]] = field(default_factory=list)  # the gate checks behind it
     overridden: list[str] = field(default_factory=list)  # failed gates a promotion overrode
     links: dict[str, str] = field(default_factory=dict)  # MLflow runs: candidate, re-scored champion
+    turn: int = 0  # the line lock's generation it was made in: orders events whatever the clocks
     status: str = FINISHED  # RUNNING: begun, its process may have died; KILLED: interrupted, no effect
 
     def moves(self) -> str:
@@ -78,21 +78,28 @@ class AuditTrail:
         self._experiment_id: str | None = None
 
     def begin(self, event: Event) -> str:
-        """Record ``event`` as begun; returns its run id (for :meth:`finish`)."""
+        """Record ``event`` as begun; returns its run id (for :meth:`finish`). Its fields are logged
+        in one batch: a run without them was cut short before the event was recorded."""
         fields = asdict(event)
         del fields["status"]
         params = []
         for name, value in fields.items():
             text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
             params += [Param(key, chunk) for key, chunk in _chunks(name, text)]
-        tags = [RunTag(f"{TAG}action", event.action), RunTag(f"{TAG}version", event.version),
-                RunTag(f"{TAG}outcome", event.outcome), RunTag("mlflow.user", event.by)]
-        run = self.client.create_run(self._experiment(), run_name=f"{event.action} v{event.version}",
-                                     tags={tag.key: tag.value for tag in tags})
+        tags = {f"{TAG}action": event.action, f"{TAG}version": event.version, f"{TAG}outcome": event.outcome,
+                "mlflow.user": event.by}
+        name = f"{event.action} v{event.version}"
+        run = self.client.create_run(self._experiment(), run_name=name, tags=tags)
         self.client.log_batch(run.info.run_id, params=params)
         return run.info.run_id
 
     def finish(self, run_id: str) -> None:
+        """Mark the event done; refused if another writer settled it meanwhile (this one's turn was
+        taken over while it stalled)."""
+        status = self.client.get_run(run_id).info.status
+        if status != RUNNING:
+            raise RuntimeError(f"{self.line}: audit event {run_id} was settled as {status} by another writer,"
+                               " whose turn this one's stalled process had lost")
         self.client.set_terminated(run_id, FINISHED)
 
     def abandon(self, run_id: str, why: str) -> None:
@@ -117,16 +124,18 @@ class AuditTrail:
             token = page.token
             if not token:
                 break
-        return sorted((_event(run.data.params, run.info.status) for run in runs),
-                      key=lambda event: event.at)
+        events = [_event(run.data.params, run.info.status) for run in runs if "action" in run.data.params]
+        return sorted(events, key=lambda event: (event.turn, event.at))
 
-    def unsettled(self) -> list[tuple[str, Event]]:
-        """Events begun by a writer that died before finishing them: (run id, event)."""
+    def unsettled(self) -> list[tuple[str, Event | None]]:
+        """Events begun by a writer that died before finishing them: (run id, the event, or None
+        where it died before the event's fields were recorded)."""
         experiment = self.client.get_experiment_by_name(decisions_experiment(self.line))
         if experiment is None:
             return []
         found = self.client.search_runs([experiment.experiment_id], f"attributes.status = '{RUNNING}'")
-        return [(run.info.run_id, _event(run.data.params, run.info.status)) for run in found]
+        return [(run.info.run_id, _event(run.data.params, run.info.status) if "action" in run.data.params
+                 else None) for run in found]
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
@@ -159,7 +168,7 @@ def _event(params: dict[str, str], status: str) -> Event:
             index += 1
         return "".join(pieces)
 
-    structured = {"gates", "overridden", "links"}
+    structured = {"gates", "overridden", "links", "turn"}
     values = {name: (json.loads(text(name) or "null") or None) if name in structured else text(name)
               for name in Event.__dataclass_fields__ if name != "status"}
     values = {name: value for name, value in values.items() if value is not None}

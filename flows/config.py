@@ -304,13 +304,6 @@ def _kind(value: object) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def lists_line(text: str | None, name: str) -> bool:
-    """Whether params.yaml's ``text`` (None: no file) has an entry for line ``name``."""
-    document = yaml.safe_load(text or "")
-    lines = document.get("lines") if isinstance(document, dict) else None
-    return isinstance(lines, dict) and name in lines
-
-
 def with_line_entry(text: str | None, name: str) -> str:
     """params.yaml's ``text`` with ``lines.<name>: {}`` added, every other byte kept where the file's
     shape allows (an entry appended to a block ``lines:`` mapping, or a ``lines:`` section added);

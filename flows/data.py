@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ from .folders import backup_of, locked, put_back, set_aside, write_atomically
 from .validation import check_line_name, describe, validate_line
 
 SNAPSHOTS = Path(".padim") / "data"
+MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
 JOURNALS = Path(".padim") / "adding"  # <line>.json: the state an unfinished add started from; add.lock
 
 
@@ -145,7 +147,11 @@ class DataStore:
             except DataVersionError as error:
                 msg = f"product line {line!r} has no data at revision {rev!r}: {error}"
                 raise DataVersionError(msg) from None
-        return _pointer_md5(text)
+        try:
+            return _pointer_md5(text)
+        except DataVersionError as error:
+            where = f" at revision {rev!r}" if rev else ""
+            raise DataVersionError(f"{pointer}{where}: {error}") from None
 
     def pull(self, line: str, rev: str | None = None) -> DataVersion:
         """Materialise the version of ``line`` at ``rev`` (default HEAD) and return it with its md5.
@@ -364,7 +370,7 @@ class DataStore:
     def committed_text(self, path: Path) -> str | None:
         """A file's text in the commit HEAD names, None if it is not in it."""
         try:
-            return self._git("show", f"HEAD:{path.resolve().relative_to(self.root).as_posix()}")
+            return self._git("show", f"HEAD:{path.resolve().relative_to(self.root).as_posix()}", strip=False)
         except DataVersionError:
             return None
 
@@ -526,12 +532,15 @@ class DataStore:
         return result.stdout.strip()
 
     def _git(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
-             check: bool = True) -> str:
+             check: bool = True, strip: bool = True) -> str:
+        """git's output (stripped unless it is a file's text); with ``check`` False, "" on failure."""
         result = subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True, input=input,
                                 env={**os.environ, **env} if env else None)
         if result.returncode and check:
             raise DataVersionError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
-        return result.stdout.strip() if not result.returncode else ""
+        if result.returncode:
+            return ""
+        return result.stdout.strip() if strip else result.stdout
 
     def _dvc(self, command: str, targets: list[str]) -> None:
         from dvc.exceptions import DvcException
@@ -586,7 +595,14 @@ def folder_md5(folder: Path) -> str:
 
 
 def _pointer_md5(text: str) -> str:
-    return yaml.safe_load(text)["outs"][0]["md5"]
+    """The md5 a ``.dvc`` pointer names, checked to be one (it becomes a folder name and a filter)."""
+    try:
+        md5 = yaml.safe_load(text)["outs"][0]["md5"]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError) as error:
+        raise DataVersionError(f"not a DVC pointer of a folder: {error}") from None
+    if not isinstance(md5, str) or not MD5.fullmatch(md5):
+        raise DataVersionError(f"a DVC pointer names {md5!r}, which is not an md5")
+    return md5
 
 
 def _shown(items: list[str], most: int = 5) -> str:

@@ -82,8 +82,12 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, gates
     if champion is not None:
         for metric, direction in sorted(directions.items()):
             theirs, ours = champion.get(metric), candidate.get(metric)
-            if theirs is None or ours is None:
-                continue  # a champion evaluated without this metric, or one the candidate lacks
+            if theirs is None:
+                continue  # a champion evaluated without this metric: nothing to compare
+            if ours is None:
+                checks.append(Check(f"no drop in {metric}", False, f"{metric} is missing, though champion"
+                                    f" v{champion_version} has it ({theirs:.4f}) on the same data"))
+                continue
             worse_by = (theirs - ours) * direction
             detail = (f"{metric} {ours:.4f} against champion v{champion_version}'s {theirs:.4f} on the"
                       " same data")

@@ -86,12 +86,17 @@ def require_clean(root: Path, allow_dirty: bool) -> list[str]:
     return dirty
 
 
+def head_commit(root: Path) -> str:
+    """The commit the project's HEAD names ("unknown" outside git)."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return commit.stdout.strip() if commit.returncode == 0 else "unknown"
+
+
 def lineage_of(root: Path, data: DataVersion, dirty: list[str]) -> Lineage:
     store = DataStore(root)
     name, url = store.remote()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     rev = data.rev or "HEAD"
     roles = tuple(RoleData(role, md5, files)
                   for role, (md5, files) in store.role_digests(data.line, rev).items())
-    return Lineage(commit.stdout.strip() if commit.returncode == 0 else "unknown", tuple(dirty), name, url,
-                   tuple(store.missing_on_remote(data.line, rev)), roles)
+    return Lineage(head_commit(root), tuple(dirty), name, url, tuple(store.missing_on_remote(data.line, rev)),
+                   roles)

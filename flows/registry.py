@@ -19,11 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,7 @@ from .config import LineParams
 from .data import DataVersion
 from .folders import locked
 from .gates import DATA_ON_REMOTE, Decision
-from .lineage import Lineage, RoleData
+from .lineage import Lineage, RoleData, head_commit
 from .lock import LineLock
 from .trained import TrainedModel
 from .validation import check_line_name
@@ -109,17 +108,20 @@ class VersionSummary:
     decision: str
 
     def describe(self) -> str:
-        def rate(name: str) -> str:
-            if name not in self.metrics:
-                return "n/a"
-            low, high = self.metrics.get(f"{name}_low"), self.metrics.get(f"{name}_high")
-            interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
-            return f"{self.metrics[name]:.3f}{interval}"
-
         f1 = self.metrics.get("image_f1")
         return (f"v{self.version:<4} data {self.data_md5[:12]} (rev {self.data_rev[:12] or '?'})"
-                f"  false alarms {rate('test_normal_fpr')}  recall {rate('image_recall')}"
+                f"  false alarms {rate_with_interval(self.metrics, 'test_normal_fpr') or 'n/a'}"
+                f"  recall {rate_with_interval(self.metrics, 'image_recall') or 'n/a'}"
                 f"  F1 {'n/a' if f1 is None else f'{f1:.3f}'}  [{self.decision or 'undecided'}]")
+
+
+def rate_with_interval(metrics: dict[str, float], name: str) -> str:
+    """``0.037 [0.00, 0.19]``: a rate with its 95% interval (flows.evaluate logs both); "" if absent."""
+    if name not in metrics:
+        return ""
+    low, high = metrics.get(f"{name}_low"), metrics.get(f"{name}_high")
+    interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{metrics[name]:.3f}{interval}"
 
 
 @dataclass(frozen=True)
@@ -216,18 +218,19 @@ class Registry:
             raise PickledModelError(msg)
 
     def run_link(self, run_id: str) -> str:
-        run = self.client.get_run(run_id)
         if self.uri.startswith("http"):
-            return f"{self.uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+            return self._run_page(run_id)
         return f"run {run_id} (mlflow ui --backend-store-uri {self.uri})"
 
     def artifact_link(self, run_id: str, path: str) -> str:
         """Where a person opens one of a run's artifacts: the server's UI, or the file."""
-        run = self.client.get_run(run_id)
         if self.uri.startswith("http"):
-            run_page = f"{self.uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-            return f"{run_page}/artifacts/{path}"
-        return f"{run.info.artifact_uri.removeprefix('file://')}/{path}"
+            return f"{self._run_page(run_id)}/artifacts/{path}"
+        return f"{self.client.get_run(run_id).info.artifact_uri.removeprefix('file://')}/{path}"
+
+    def _run_page(self, run_id: str) -> str:
+        experiment = self.client.get_run(run_id).info.experiment_id
+        return f"{self.uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
     def note_on_version(self, line: str, version: str, **notes: str) -> None:
         """Tag the version (``padim.<name>``) with what a later command needs to know."""
@@ -363,7 +366,7 @@ class Registry:
         run_name = f"{line}-tune-{data.md5[:8]}"
         with mlflow.start_run(experiment_id=self._experiment(line), run_name=run_name) as run:
             mlflow.set_tags({f"{TAG}kind": "tuning", f"{TAG}data_md5": data.md5,
-                             f"{TAG}data_rev": data.rev or "", f"{TAG}git_commit": _git_commit(self.root)})
+                             f"{TAG}data_rev": data.rev or "", f"{TAG}git_commit": head_commit(self.root)})
             mlflow.log_params({f"best.{key}": value for key, value in winner.items()})
             best = {f"best_{name}": value for name, value in scores.items()}
             mlflow.log_metrics({"grid_points": len(grid)} | best)
@@ -376,20 +379,22 @@ class Registry:
         """The line's writer turn (:class:`flows.lock.LineLock`); events left half-way by a writer
         that died are settled first (see flows.audit)."""
         with LineLock(self.client, line, purpose, timeout_s) as lock:
-            self._settle(line)
+            self._settle(line, lock)
             yield lock
 
     def record_decision(self, line: str, version: str, decision: Decision, promotion: str,
                         lock: LineLock, links: dict[str, str] | None = None) -> Event:
         """Record the gate's verdict on a new version: as champion if it passed and the line
         promotes automatically, as pending approval if it passed and the line wants approval, else
-        as challenger. The caller holds the line's turn (``lock``). A verdict recorded by a process
-        that died before summarising it on the version is completed, not recorded twice."""
+        as challenger. The caller holds the line's turn (``lock``). A verdict recorded already in this
+        turn (a retried task) or by a process that died before summarising it on the version is
+        completed, not recorded twice."""
+        self._settle(line, lock)  # this task's earlier try, if it was cut short
         target = self.version(line, version)
         earlier = [event for event in self.trail(line).events()
                    if event.action == "gate" and event.version == str(version) and event.status == FINISHED]
-        if earlier and f"{TAG}decision" not in target.tags:
-            self._summarise(line, earlier[-1])
+        if earlier and (earlier[-1].turn == lock.generation or f"{TAG}decision" not in target.tags):
+            self._summarise(line, earlier[-1])  # decided in this turn already, or cut short before the tags
             return earlier[-1]
         verdict = {"gate": PASSED if decision.promote else FAILED, "gate.reason": decision.reason,
                    "gate.failed": json.dumps(decision.failed())}
@@ -425,8 +430,9 @@ class Registry:
                 raise ValueError(f"{model_name(line)} v{version} {why}; give --override-gates to promote it"
                                  " anyway (the override is recorded)")
             before = self._champion_version(line)
-            event = Event(line, "promote", str(version), CHAMPION, before, str(version), reason,
-                          by=actor(self.uri), overridden=overridden)
+            number = str(target.version)  # as the registry spells it ('02' is v2)
+            event = Event(line, "promote", number, CHAMPION, before, number, reason, by=actor(self.uri),
+                          overridden=overridden)
             self._apply(event, lock)
             return event
 
@@ -497,29 +503,37 @@ class Registry:
         return AuditTrail(self.client, line, location)
 
     def _apply(self, event: Event, lock: LineLock) -> None:
-        """Begin the event, make its alias moves (the commit point: checked against the lock just
-        before), finish it, then summarise it on the version."""
+        """Begin the event, make its alias moves (each checked against the lock just before; the
+        champion's move is the commit point), finish it, then summarise it on the version."""
+        event = replace(event, turn=lock.generation)
         trail = self.trail(event.line)
         run_id = trail.begin(event)
-        name = model_name(event.line)
         if event.champion_after != event.champion_before:
             if event.champion_after and event.action != "rollback":
                 self._tag(event.line, event.champion_after, previous_champion=event.champion_before)
             lock.check()
             if event.champion_after:
-                self.client.set_registered_model_alias(name, CHAMPION, event.champion_after)
+                self.client.set_registered_model_alias(model_name(event.line), CHAMPION, event.champion_after)
             else:
-                self.client.delete_registered_model_alias(name, CHAMPION)
-        if event.outcome == PENDING:
-            waiting = self.alias(event.line, PENDING)
-            if waiting is not None and str(waiting.version) != event.version:  # one pending at a time
-                self._tag(event.line, str(waiting.version), decision=CHALLENGER,
-                          reason=f"superseded by v{event.version}, pending approval in its place")
-            self.client.set_registered_model_alias(name, PENDING, event.version)
-        elif event.action in ("approve", "reject") or self._is_pending(event.line, event.version):
-            self.client.delete_registered_model_alias(name, PENDING)
+                self.client.delete_registered_model_alias(model_name(event.line), CHAMPION)
+        self._pending_as_left_by(event, lock)
         trail.finish(run_id)
         self._summarise(event.line, event)
+
+    def _pending_as_left_by(self, event: Event, lock: LineLock) -> None:
+        """``@pending`` as the event leaves it: on its version if it waits for approval, off it once
+        decided. Idempotent, so settling an event cut short after its champion move completes it."""
+        name, waiting = model_name(event.line), self.alias(event.line, PENDING)
+        on_it = waiting is not None and str(waiting.version) == event.version
+        if event.outcome == PENDING and not on_it:
+            if waiting is not None:  # one version waits at a time
+                self._tag(event.line, str(waiting.version), decision=CHALLENGER,
+                          reason=f"superseded by v{event.version}, pending approval in its place")
+            lock.check()
+            self.client.set_registered_model_alias(name, PENDING, event.version)
+        elif event.outcome != PENDING and on_it:
+            lock.check()
+            self.client.delete_registered_model_alias(name, PENDING)
 
     def _summarise(self, line: str, event: Event) -> None:
         """The version's tags as the latest event left it (the trail keeps every event)."""
@@ -528,14 +542,15 @@ class Registry:
         if event.action == "rollback" and event.champion_after:
             self._tag(line, event.champion_after, decision=CHAMPION, reason=f"restored: {event.reason}")
 
-    def _settle(self, line: str) -> None:
-        """Finish the events whose writer died after their alias moves, mark the others interrupted."""
+    def _settle(self, line: str, lock: LineLock) -> None:
+        """Complete the events whose writer died after their champion move (or that move no
+        champion), mark the others interrupted: the trail then says what the aliases say."""
         trail = self.trail(line)
         for run_id, event in trail.unsettled():
-            took_effect = self._champion_version(line) == event.champion_after
-            if event.outcome == PENDING:
-                took_effect = took_effect and self._is_pending(line, event.version)
-            if took_effect:
+            if event is None:
+                trail.abandon(run_id, "its process stopped before the event was recorded; nothing changed")
+            elif self._champion_version(line) == event.champion_after:
+                self._pending_as_left_by(event, lock)
                 trail.finish(run_id)
                 self._summarise(line, event)
             else:
@@ -671,8 +686,3 @@ def _dataset(data: DataVersion, lineage: Lineage, role: RoleData) -> MetaDataset
     """A role folder of the data version as an MLflow dataset: named, digested by its DVC md5."""
     source = DVCDatasetSource(lineage.remote_url, f"data/{data.line}/{role.role}", data.rev or "")
     return MetaDataset(source, name=f"{data.line}/{role.role}", digest=role.md5)
-
-
-def _git_commit(root: Path) -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else "unknown"

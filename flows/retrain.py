@@ -37,7 +37,7 @@ from .gates import DATA_ON_REMOTE, SUPPORTED_OPERATING_POINT, Check, Decision, d
 from .incremental import StatisticsStore, refit_statistics, statistics_config
 from .lineage import Lineage, lineage_of, require_clean
 from .lock import LineLock
-from .registry import CHAMPION, PENDING, TAG, Candidate, PickledModelError, Registry
+from .registry import CHAMPION, PENDING, TAG, Candidate, PickledModelError, Registry, rate_with_interval
 from .train import fit_line, save_model
 from .trained import TrainedModel
 from .validation import validate_line
@@ -314,8 +314,8 @@ def retrain_line(line: str, rev: str | None, root: str, allow_dirty: bool = Fals
 @flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def retrain(lines: list[str] | None = None, rev: str | None = None, root: str = ".",
             allow_dirty: bool = False) -> list[LineResult]:
-    """Retrain every product line in params.yaml (or ``lines``) in parallel; print the summary."""
-    require_clean(Path(root).resolve(), allow_dirty)
+    """Retrain every product line in params.yaml (or ``lines``) in parallel; print the summary.
+    Each line's flow refuses a dirty tree unless ``allow_dirty``."""
     lines = lines or sorted(load_params(Path(root) / "params.yaml").lines)
     futures = [retrain_line.submit(line, rev, root, allow_dirty) for line in lines]
     results = [future.result() for future in futures]
@@ -346,18 +346,11 @@ def summary_table(results: list[LineResult]) -> str:
             continue
         m = r.metrics
         values = [_number(m.get("image_auroc")), _number(m.get("pixel_auroc")),
-                  _interval(m, "test_normal_fpr"), _interval(m, "image_recall"), _number(m.get("image_f1"))]
+                  rate_with_interval(m, "test_normal_fpr"), rate_with_interval(m, "image_recall"),
+                  _number(m.get("image_f1"))]
         rows.append(f"| {r.line} | {r.data_version[:12]} | {' | '.join(values)} | v{r.model_version}"
                     f" | {r.decision}: {r.reason} |")
     return "\n".join(rows)
-
-
-def _interval(metrics: dict[str, float], name: str) -> str:
-    if name not in metrics:
-        return ""
-    low, high = metrics.get(f"{name}_low"), metrics.get(f"{name}_high")
-    bounds = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
-    return f"{metrics[name]:.3f}{bounds}"
 
 
 def _number(value: float | None) -> str:

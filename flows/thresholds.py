@@ -13,14 +13,15 @@ A line chooses the rule in params.yaml's ``thresholds.rule``:
 
 The pixel threshold is the F1-optimal one on pixels of validation images that carry ground truth
 (normal images count as empty masks), else the normal quantile. A score is anomalous when it is
-strictly above the threshold, as in anomalib's post-processor. Thresholds that cut between two
-scores sit halfway between them, in the float32 the model stores them in.
+strictly above the threshold, as in anomalib's post-processor. Every cut sits halfway between the
+two validation scores it separates, in the float32 the model stores thresholds in, so it does not
+hinge on one image's exact score.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.stats import beta
@@ -87,13 +88,15 @@ def normals_needed(budget: float, confidence: float) -> int:
     return needed
 
 
-def budget_threshold(normal_scores: np.ndarray, budget: float, confidence: float) -> OperatingPoint:
-    """The lowest threshold whose false alarms among the validation normals keep the upper bound of
-    the false-alarm rate within ``budget`` at ``confidence``. Where even none is not enough, the
-    threshold is the highest normal score (no false alarm) and ``problem`` says how many normal
-    images the budget needs."""
-    scores = np.sort(np.asarray(normal_scores, dtype=np.float32))[::-1]
-    n = len(scores)
+def budget_threshold(labels: np.ndarray, scores: np.ndarray, budget: float,
+                     confidence: float) -> OperatingPoint:
+    """The lowest cut whose false alarms among the validation normals keep the upper bound of the
+    false-alarm rate within ``budget`` at ``confidence``, placed halfway between the highest normal
+    it passes and the next score above. Where even no false alarm is not enough, the cut passes every
+    normal and ``problem`` says how many normal images the budget needs."""
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float32)
+    normal = np.sort(scores[~labels])[::-1]
+    n = len(normal)
     if n == 0:
         raise ValueError("a false-alarm budget needs normal validation images")
     allowed = -1  # the most validation false alarms whose upper bound stays within the budget
@@ -106,9 +109,10 @@ def budget_threshold(normal_scores: np.ndarray, budget: float, confidence: float
         problem = (f"validation holds {n} normal images: a false-alarm budget of {budget:g} at"
                    f" {confidence:.0%} confidence needs at least {needed}")
         allowed = 0
-    threshold = float(scores[allowed])  # the (allowed+1)-th highest: exactly `allowed` or fewer above it
-    fpr = float((scores > np.float32(threshold)).mean())
-    return OperatingPoint(threshold, f"{words} (at most {allowed} above it)", fpr, math.nan, problem)
+    passed = normal[allowed]  # the (allowed+1)-th highest normal: at most `allowed` lie above it
+    above = scores[scores > passed]
+    threshold = _between(above.min(), passed) if len(above) else float(passed)
+    return _point(labels, scores, threshold, f"{words} (at most {allowed} above it)", problem)
 
 
 def recall_threshold(labels: np.ndarray, scores: np.ndarray, min_recall: float) -> OperatingPoint:
@@ -121,11 +125,18 @@ def recall_threshold(labels: np.ndarray, scores: np.ndarray, min_recall: float) 
     lowest_flagged = defects[flagged - 1]
     below = scores[scores < lowest_flagged]
     threshold = _between(lowest_flagged, below.max() if len(below) else None)
-    normal = scores[~labels]
-    fpr = float((normal > threshold).mean()) if len(normal) else math.nan
-    recall = float((defects > threshold).mean())
     rule = f"minimum recall {min_recall:g} on {len(defects)} defect validation images"
-    return OperatingPoint(threshold, rule, fpr, recall)
+    return _point(labels, scores, threshold, rule)
+
+
+def _point(labels: np.ndarray, scores: np.ndarray, threshold: float, rule: str,
+           problem: str = "") -> OperatingPoint:
+    """An operating point with the false-alarm rate and recall it gives on these validation scores."""
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float32)
+    flagged = scores > np.float32(threshold)
+    fpr = float(flagged[~labels].mean()) if (~labels).any() else math.nan
+    recall = float(flagged[labels].mean()) if labels.any() else math.nan
+    return OperatingPoint(threshold, rule, fpr, recall, problem)
 
 
 def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -180,24 +191,18 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, quantile: float, un
 
 def operating_point(labels: np.ndarray, scores: np.ndarray, rule: ThresholdParams) -> OperatingPoint:
     """The image threshold by the line's rule, with the validation rates it achieves."""
-    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float32)
+    labels = np.asarray(labels).astype(bool)
     if rule.rule == "false_alarm_budget":
-        point = budget_threshold(scores[~labels], rule.false_alarm_budget, rule.confidence)
-    elif rule.rule == "min_recall" and not labels.any():
-        point = budget_threshold(scores[~labels], rule.false_alarm_budget, rule.confidence)
+        return budget_threshold(labels, scores, rule.false_alarm_budget, rule.confidence)
+    if rule.rule == "min_recall" and not labels.any():
+        point = budget_threshold(labels, scores, rule.false_alarm_budget, rule.confidence)
         problem = (f"validation holds no defect images: a minimum recall of {rule.min_recall:g} cannot be"
                    f" measured (threshold set by the {point.rule} instead)")
-        return OperatingPoint(point.threshold, point.rule, point.validation_normal_fpr, math.nan, problem)
-    elif rule.rule == "min_recall":
-        point = recall_threshold(labels, scores, rule.min_recall)
-    else:
-        threshold, words = choose_threshold(labels, scores, rule.normal_quantile, "images")
-        point = OperatingPoint(threshold, words, math.nan, math.nan)
-    normal, defect = scores[~labels], scores[labels]
-    threshold = np.float32(point.threshold)
-    fpr = float((normal > threshold).mean()) if len(normal) else math.nan
-    recall = float((defect > threshold).mean()) if len(defect) else math.nan
-    return OperatingPoint(point.threshold, point.rule, fpr, recall, point.problem)
+        return replace(point, problem=problem)
+    if rule.rule == "min_recall":
+        return recall_threshold(labels, scores, rule.min_recall)
+    threshold, words = choose_threshold(labels, scores, rule.normal_quantile, "images")
+    return _point(labels, scores, threshold, words)
 
 
 def calibrate(image_labels: np.ndarray, image_scores: np.ndarray, pixel_labels: np.ndarray,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from flows.data import DataStore
 from flows.registry import Registry, model_name
 
@@ -45,3 +47,10 @@ def versions(registry: Registry, line: str) -> list[str]:
     """The line's registered model versions, in order."""
     found = registry.client.search_model_versions(f"name = '{model_name(line)}'")
     return sorted((str(version.version) for version in found), key=int)
+
+
+def lists_line(text: str | None, name: str) -> bool:
+    """Whether params.yaml's ``text`` (None: no file) has an entry for line ``name``."""
+    document = yaml.safe_load(text or "")
+    lines = document.get("lines") if isinstance(document, dict) else None
+    return isinstance(lines, dict) and name in lines

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.config import lists_line
 from flows.data import SNAPSHOTS, DataStore, DataVersionError
 
 from .conftest import Synthetic, save, write_mvtec_folder
 from .kill import REPOSITORY, KillPoint, assert_killed, run_killed
-from .projects import git, init_project, tiny_params
+from .projects import git, init_project, lists_line, tiny_params
 
 PARAMS = tiny_params("alpha", "beta")
 

@@ -11,6 +11,7 @@ from flows.config import GateParams, ThresholdParams
 from flows.gates import decide, false_alarm_ceiling
 from flows.thresholds import (
     budget_threshold,
+    f1_optimal_threshold,
     false_alarm_upper_bound,
     normals_needed,
     operating_point,
@@ -37,19 +38,24 @@ def exact_upper_bound(k: int, n: int, confidence: float) -> float:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_the_budget_threshold_is_the_lowest_whose_exact_bound_stays_within_the_budget(seed: int) -> None:
+def test_the_budget_threshold_flags_the_fewest_normals_whose_exact_bound_stays_within_the_budget(
+        seed: int) -> None:
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(30, 300))
-    scores = np.round(rng.normal(size=n), 1).astype(np.float32)  # rounded: many ties
+    n, m = int(rng.integers(30, 300)), int(rng.integers(0, 40))
+    labels = np.r_[np.zeros(n), np.ones(m)].astype(bool)
+    scores = np.round(rng.normal(size=n + m) + 1.5 * labels, 1).astype(np.float32)  # rounded: many ties
     budget, confidence = float(rng.uniform(0.02, 0.2)), float(rng.choice([0.8, 0.9, 0.95]))
-    valid = [t for t in np.unique(scores)
-             if exact_upper_bound(int((scores > t).sum()), n, confidence) <= budget + 1e-9]
-    point = budget_threshold(scores, budget, confidence)
-    if valid:
-        assert point.threshold == pytest.approx(float(min(valid))) and point.problem == ""
-    else:
-        assert point.threshold == float(scores.max()) and "needs at least" in point.problem
-    assert point.validation_normal_fpr == pytest.approx(float((scores > np.float32(point.threshold)).mean()))
+    normal = scores[~labels]
+    valid = [t for t in np.unique(normal)
+             if exact_upper_bound(int((normal > t).sum()), n, confidence) <= budget + 1e-9]
+    point = budget_threshold(labels, scores, budget, confidence)
+    threshold = np.float32(point.threshold)
+    lowest = min(valid) if valid else normal.max()  # the lowest cut on a score within the budget
+    assert (normal > threshold).sum() == (normal > lowest).sum()  # the same false alarms ...
+    higher = scores[scores > lowest]
+    assert lowest < threshold < higher.min() if len(higher) else threshold == lowest  # ... cut halfway
+    assert bool(point.problem) == (not valid) and ("needs at least" in point.problem or valid)
+    assert point.validation_normal_fpr == pytest.approx(float((normal > threshold).mean()))
 
 
 @pytest.mark.parametrize(("k", "n", "confidence"),
@@ -62,7 +68,7 @@ def test_the_upper_bound_is_clopper_pearsons(k: int, n: int, confidence: float) 
 def test_too_few_validation_normals_are_named_with_how_many_it_would_take() -> None:
     assert normals_needed(0.05, 0.9) == 45  # 1 - 0.1 ** (1 / 45) = 0.0499 <= 0.05 < 0.0510 at 44
     assert exact_upper_bound(0, 45, 0.9) <= 0.05 < exact_upper_bound(0, 44, 0.9)
-    point = budget_threshold(np.arange(10, dtype=np.float32), 0.05, 0.9)
+    point = budget_threshold(np.zeros(10), np.arange(10, dtype=np.float32), 0.05, 0.9)
     assert point.problem == ("validation holds 10 normal images: a false-alarm budget of 0.05 at 90%"
                              " confidence needs at least 45")
 
@@ -86,11 +92,13 @@ def test_the_rule_of_the_line_is_used_and_its_validation_rates_reported() -> Non
     labels = np.r_[np.zeros(100), np.ones(20)].astype(bool)
     scores = np.r_[np.linspace(0, 1, 100), np.linspace(0.9, 2, 20)].astype(np.float32)
     budget = operating_point(labels, scores, ThresholdParams(false_alarm_budget=0.05, confidence=0.9))
+    false_alarms = round(budget.validation_normal_fpr * 100)
+    assert exact_upper_bound(false_alarms, 100, 0.9) <= 0.05 < exact_upper_bound(false_alarms + 1, 100, 0.9)
+    assert budget.rule.startswith("false-alarm budget 0.05 at 90% confidence on 100 normal")
     recall = operating_point(labels, scores, ThresholdParams(rule="min_recall", min_recall=1.0))
-    assert budget.validation_normal_fpr <= 0.05 and budget.rule.startswith("false-alarm budget 0.05")
     assert recall.validation_recall == 1.0 and recall.validation_normal_fpr > 0  # 0.9 < 1.0 overlap
     f1 = operating_point(labels, scores, ThresholdParams(rule="f1"))
-    assert f1.rule.startswith("F1-optimal")
+    assert f1.threshold == f1_optimal_threshold(labels, scores) and f1.rule.startswith("F1-optimal")
 
 
 @pytest.mark.parametrize(("hits", "trials"), [(0, 20), (3, 40), (12, 12), (7, 30)])
@@ -120,7 +128,7 @@ CHAMPION = {"image_auroc": 0.95, "test_normal_fpr": 0.125, "image_recall": 0.8, 
 def test_a_candidate_whose_false_alarms_rise_while_its_auroc_holds_is_blocked() -> None:
     candidate = CHAMPION | {"test_normal_fpr": 0.25, "image_recall": 0.85, "image_f1": 0.8}
     decision = decide(candidate, CHAMPION, GATES, "1", budget=None)
-    assert not decision.promote
+    assert not decision.promote and decision.failed() == ["no drop in image_f1", "no drop in test_normal_fpr"]
     assert "test_normal_fpr 0.2500 is worse than champion v1's 0.1250" in decision.reason
     assert "no drop in test_normal_fpr" in decision.failed() and "no drop in image_f1" in decision.failed()
     assert "no drop in image_auroc" not in decision.failed()
@@ -141,4 +149,5 @@ def test_pixel_floors_apply_only_where_the_line_has_masks_and_the_decision_says_
     decision = decide(per_image | {"test_normal_fpr": 0.0}, None, GATES, unavailable=why, budget=0.05)
     assert decision.promote and "pixel floors not applied (pixel_auroc >= 0.7)" in decision.reason
     own = GateParams(floors={"pixel_auroc": 0.7})  # a line's own floor stays as strict as written
-    assert not decide(per_image, None, own, unavailable=why).promote
+    strict = decide(per_image, None, own, unavailable=why)
+    assert not strict.promote and strict.reason.startswith("pixel_auroc is missing (no test defect image")
