@@ -4,7 +4,7 @@ they give on test beside the paper's model (the "beyond anomalib's accuracy" iss
 Each demo line is generated and staged into its roles exactly as `padim-mlops data demo` does (no
 git or DVC needed here), with the line's params from params.yaml. The grid is scored on validation
 (flows.tune.score_options); then the paper's options and the winner are each fitted, calibrated
-and evaluated on test (flows.train.fit_line, flows.evaluate.evaluate).
+and evaluated on test (flows.model.fit.fit_line, flows.model.evaluate.evaluate).
 
     .venv/bin/python bench/demo_tuning.py [--lines brick grass gravel]
 """
@@ -21,10 +21,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
 from flows.config import load_params  # noqa: E402
-from flows.demo_data import DEMO_LINES, UNMASKED_LINES, generate_line  # noqa: E402
-from flows.evaluate import evaluate  # noqa: E402
-from flows.layout import from_separate_folders, stage  # noqa: E402
-from flows.train import fit_line  # noqa: E402
+from flows.data.demo import DEMO_LINES, UNMASKED_LINES, generate_line  # noqa: E402
+from flows.data.layout import from_separate_folders, stage  # noqa: E402
+from flows.model.evaluate import evaluate  # noqa: E402
+from flows.model.fit import fit_line  # noqa: E402
 from flows.tune import EMBEDDINGS, POOLINGS, SCORE_RULES, best, score_options, with_options  # noqa: E402
 
 PAPER = {"layers": None} | EMBEDDINGS[0] | POOLINGS[0] | SCORE_RULES[0]  # the demo lines' layers

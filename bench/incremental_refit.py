@@ -5,7 +5,7 @@ left-right and top-bottom: distinct files) and MTD's test set; it is imported wi
 ``padim-mlops data add`` into a scratch project (roles by the stable hash, as in production) and
 fitted from all images, keeping its statistics. Then two new versions, each the first plus
 new normal images (MTD training images turned by 90 degrees): +1% and +10%. Each is fitted twice
-through :func:`flows.incremental.refit_statistics`, the function the retrain flow calls:
+through :func:`flows.model.incremental.refit_statistics`, the function the retrain flow calls:
 
 - incremental: from the first version's kept statistics (only the added images are embedded);
 - full: ``fit.incremental: false`` (every training image embedded).
@@ -39,11 +39,11 @@ from PIL import Image
 
 from flows.cli import main as cli
 from flows.config import LineParams, load_params
-from flows.data import DataStore
-from flows.evaluate import evaluate
-from flows.incremental import StatisticsStore, refit_statistics, statistics_config
+from flows.data.store import DataStore
+from flows.model.evaluate import evaluate
+from flows.model.fit import fit_line, model_from_statistics
+from flows.model.incremental import StatisticsStore, refit_statistics, statistics_config
 from flows.retrain import code_version
-from flows.train import fit_line, model_from_statistics
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent

@@ -5,13 +5,13 @@ defect images per kind, with or without masks. Each folder set is imported with
 ``padim-mlops data add`` into a scratch project, so every image gets its role from the stable hash
 of params.yaml ``data.split``, exactly as in production. Then, on the pulled line:
 
-- ours: ``flows.train.fit_line`` (fit on train, threshold on validation only) and
-  ``flows.evaluate.evaluate`` on test;
+- ours: ``flows.model.fit.fit_line`` (fit on train, threshold on validation only) and
+  ``flows.model.evaluate.evaluate`` on test;
 - reference (no-mask line only): anomalib's own ``PadimModel`` with our backbone weights and channel
   subset, fitted on the same train images, thresholded by anomalib's ``F1AdaptiveThreshold`` on the
   same validation images (what its post-processor does in the validation pass), scored on test.
 
-Both models' image metrics come from ``flows.evaluate.image_metrics`` (defect when score >
+Both models' image metrics come from ``flows.model.evaluate.image_metrics`` (defect when score >
 threshold), so the definitions are identical. "optimistic F1" picks the threshold F1-optimally on
 the test split itself, as the single-split handling used to: its gap to the validation-threshold F1
 is how optimistic those figures were. "fit s" covers the fit on train, scoring validation and
@@ -44,10 +44,10 @@ from anomalib.metrics.threshold import F1AdaptiveThreshold
 
 from flows.cli import main as cli
 from flows.config import LineParams, load_params
-from flows.data import DataStore
-from flows.evaluate import evaluate, image_metrics, role_counts
-from flows.thresholds import f1_optimal_threshold
-from flows.train import fit_line
+from flows.data.store import DataStore
+from flows.model.evaluate import evaluate, image_metrics, role_counts
+from flows.model.fit import fit_line
+from flows.model.thresholds import f1_optimal_threshold
 from padim_plugin import StreamingPadim
 from padim_plugin.mvtec import mvtec_samples
 
@@ -70,7 +70,7 @@ COLUMNS = ("ours (no masks)", "ours (masks)", "anomalib Padim (no masks)")
 class Result:
     """One model on one line: test metrics at its validation threshold, and how it got there."""
 
-    metrics: dict[str, Any]  # flows.evaluate's names, plus optimistic_f1
+    metrics: dict[str, Any]  # flows.model.evaluate's names, plus optimistic_f1
     threshold: float
     rule: str
     fit_s: float

@@ -25,7 +25,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from flows.registry import Registry, model_name
+from flows.registry.registry import Registry, model_name
 from padim_plugin.mvtec import is_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not an installed package

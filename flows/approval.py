@@ -21,7 +21,7 @@ from prefect.input import RunInput
 from prefect.states import Running
 from pydantic import Field
 
-from .registry import PENDING, TAG, Registry
+from .registry.registry import PENDING, TAG, Registry
 
 WAITING_RUN = "approval.flow_run"  # version tag: the flow run paused for this version's approval
 

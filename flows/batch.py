@@ -12,8 +12,8 @@ import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import mlflow
 import numpy as np
 from prefect import flow, get_run_logger
 
@@ -21,8 +21,7 @@ from padim_plugin.images import ImageDecodeError, decode_image
 from padim_plugin.mvtec import is_image
 from padim_plugin.scoring import indices_by_shape, raw_image_threshold
 
-if TYPE_CHECKING:
-    from .registry import Registry
+from .registry.registry import Registry, model_name
 
 # score: normalised, the model's threshold at 0.5; raw_threshold: that threshold in raw score units
 COLUMNS = ("image", "score", "label", "raw_threshold", "model_version", "data_md5", "heatmap", "error")
@@ -52,10 +51,6 @@ def list_images(sources: list[Path]) -> list[Path]:
 def score_files(registry: Registry, line: str, files: list[Path], out: Path, alias: str = "champion",
                 batch_size: int = 8, progress: Callable[[str], None] = print) -> ScoringReport:
     """Score ``files`` with ``models:/padim-<line>@<alias>``; write ``out/scores.csv`` and heatmaps."""
-    import mlflow
-
-    from .registry import model_name
-
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     uri = f"models:/{model_name(line)}@{alias}"
@@ -131,8 +126,6 @@ def _save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: Path) -> Non
 def score_images(line: str, source: str, out: str, alias: str = "champion", batch_size: int = 8,
                  root: str = ".") -> ScoringReport:
     """Scheduled batch inference: score every image under ``source`` with the line's ``alias``."""
-    from .registry import Registry
-
     logger = get_run_logger()
     files = list_images([Path(source)])
     report = score_files(Registry(Path(root)), line, files, Path(out), alias, batch_size, logger.info)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from padim_plugin.runtime import FORMATS
 
 if TYPE_CHECKING:
-    from .audit import Event
+    from .registry.audit import Event
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\.")
 # the embedded Prefect server must not try to phone home from machines without internet
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _line_name(text: str) -> str:
     """argparse type of a product line argument: a bad name is a usage error, before any work."""
-    from .validation import check_line_name
+    from .data.validation import check_line_name
 
     try:
         return check_line_name(text)
@@ -195,10 +195,10 @@ def _known_line(root: Path, line: str) -> None:
 
 
 def _data_add(args: argparse.Namespace) -> None:
-    from .adding import add_line
     from .config import load_params
-    from .data import summary
-    from .layout import from_mvtec_folder, from_separate_folders
+    from .data.adding import add_line
+    from .data.layout import from_mvtec_folder, from_separate_folders
+    from .data.store import summary
 
     if args.append:
         _known_line(args.root, args.line)
@@ -219,11 +219,11 @@ def _data_add(args: argparse.Namespace) -> None:
 
 
 def _data_demo(args: argparse.Namespace) -> None:
-    from .adding import add_line
     from .config import load_params
-    from .data import summary
-    from .demo_data import DEMO_LINES, UNMASKED_LINES, generate_line
-    from .layout import from_separate_folders
+    from .data.adding import add_line
+    from .data.demo import DEMO_LINES, UNMASKED_LINES, generate_line
+    from .data.layout import from_separate_folders
+    from .data.store import summary
 
     params = load_params(args.root / "params.yaml")
     with tempfile.TemporaryDirectory(prefix="padim-demo-") as sources:
@@ -238,9 +238,9 @@ def _data_demo(args: argparse.Namespace) -> None:
 
 def _retrain(args: argparse.Namespace) -> int:
     from .config import load_params
-    from .data import DataStore
-    from .lineage import require_clean
-    from .registry import Registry
+    from .data.store import DataStore
+    from .registry.lineage import require_clean
+    from .registry.registry import Registry
     from .retrain import run_retrain
 
     # what can be checked before Prefect starts: params.yaml, the lines named, the revision, the tree
@@ -259,7 +259,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .data import DataStore
+    from .data.store import DataStore
     from .tune import grid_table, tune_product_line
 
     _known_line(args.root, args.line)  # before Prefect starts
@@ -273,7 +273,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .registry import tracking_uri
+    from .registry.registry import tracking_uri
 
     _data_demo(args)
     code = _retrain(argparse.Namespace(lines=[], rev=None, root=args.root, dask_address=None, parallel=2,
@@ -290,7 +290,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .batch import list_images, score_files
-    from .registry import Registry
+    from .registry.registry import Registry
 
     _known_line(args.root, args.line)
     report = score_files(Registry(args.root), args.line, list_images(args.images), args.out, args.alias,
@@ -305,7 +305,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> None:
     from .export import export_line
-    from .registry import Registry
+    from .registry.registry import Registry
 
     _known_line(args.root, args.line)
     size = tuple(args.input_size) if args.input_size else None
@@ -315,7 +315,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _promote(args: argparse.Namespace) -> None:
-    from .registry import Registry
+    from .registry.registry import Registry
 
     _known_line(args.root, args.line)
     event = Registry(args.root).promote(args.line, args.version, args.reason, args.override_gates)
@@ -324,7 +324,7 @@ def _promote(args: argparse.Namespace) -> None:
 
 
 def _rollback(args: argparse.Namespace) -> None:
-    from .registry import Registry
+    from .registry.registry import Registry
 
     _known_line(args.root, args.line)
     event = Registry(args.root).rollback(args.line, args.reason)
@@ -333,7 +333,7 @@ def _rollback(args: argparse.Namespace) -> None:
 
 
 def _demote(args: argparse.Namespace) -> None:
-    from .registry import Registry
+    from .registry.registry import Registry
 
     _known_line(args.root, args.line)
     event = Registry(args.root).demote(args.line, args.reason)
@@ -342,7 +342,7 @@ def _demote(args: argparse.Namespace) -> None:
 
 def _answer(args: argparse.Namespace) -> None:
     from .approval import resume_waiting_flow
-    from .registry import Registry
+    from .registry.registry import Registry
 
     _known_line(args.root, args.line)
     registry = Registry(args.root)
@@ -358,7 +358,7 @@ def _answer(args: argparse.Namespace) -> None:
 
 
 def _history(args: argparse.Namespace) -> None:
-    from .registry import Registry
+    from .registry.registry import Registry
 
     _known_line(args.root, args.line)
     events = Registry(args.root).history(args.line)
@@ -381,7 +381,7 @@ def _event_line(event: Event) -> str:
 
 def _status(args: argparse.Namespace) -> None:
     from .config import load_params
-    from .registry import Registry
+    from .registry.registry import Registry
 
     for line in args.lines:
         _known_line(args.root, line)
@@ -411,7 +411,7 @@ def _schedule(args: argparse.Namespace) -> None:
 
 def _data_validate(args: argparse.Namespace) -> None:
     from .config import load_params
-    from .validation import describe, validate_line
+    from .data.validation import describe, validate_line
 
     project = load_params(args.root / "params.yaml")
     data = (project.lines.get(args.path.name) or project.line_or_defaults("defaults")).data
@@ -422,8 +422,8 @@ def _data_validate(args: argparse.Namespace) -> None:
 
 
 def _data_diff(args: argparse.Namespace) -> None:
-    from .data import DataStore
-    from .roles import diff_versions
+    from .data.roles import diff_versions
+    from .data.store import DataStore
 
     store = DataStore(args.root)
     _known_line(args.root, args.line)
@@ -438,7 +438,7 @@ def _data_diff(args: argparse.Namespace) -> None:
 
 
 def _data_pull(args: argparse.Namespace) -> None:
-    from .data import DataStore, summary
+    from .data.store import DataStore, summary
 
     store = DataStore(args.root)
     _known_line(args.root, args.line)

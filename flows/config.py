@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .validation import check_line_name
+from .data.validation import check_line_name
 
-# Every metric flows.evaluate logs (test split, at the validation threshold, with the rates the
+# Every metric flows.model.evaluate logs (test split, at the validation threshold, with the rates the
 # threshold gave on validation): gates may name any.
 METRICS = (
     "image_auroc", "image_f1", "image_precision", "image_recall", "test_normal_fpr",
@@ -60,7 +60,7 @@ class ModelParams(_Strict):
 
 
 class SplitParams(_Strict):
-    """Shares of the roles an image gets when it enters a line (flows.roles): normal images go to
+    """Shares of the roles an image gets when it enters a line (flows.data.roles): normal images go to
     train, validation or test (the rest); defect images to validation or test (the rest)."""
 
     seed: int = 0
@@ -89,7 +89,7 @@ class DataParams(_Strict):
 
 class ThresholdParams(_Strict):
     """How the image threshold (the line's operating point) and the pixel threshold are chosen, on
-    the validation split only (flows.thresholds)."""
+    the validation split only (flows.model.thresholds)."""
 
     rule: Literal["false_alarm_budget", "min_recall", "f1"] = "false_alarm_budget"
     false_alarm_budget: float = Field(0.05, gt=0, lt=1)  # share of normal parts flagged, at most
@@ -105,7 +105,7 @@ class ExportParams(_Strict):
 
 
 class GateParams(_Strict):
-    """Promotion to @champion (flows.gates): bounds on the candidate's test metrics, a ceiling on its
+    """Promotion to @champion (flows.registry.gates): bounds on the candidate's test metrics, a ceiling on its
     test false-alarm rate derived from the line's budget, and no step back from the champion."""
 
     floors: dict[str, float] = {}     # metric >= value
@@ -134,7 +134,7 @@ class GateParams(_Strict):
 
 
 class FitParams(_Strict):
-    """How a retrain fits (flows.incremental): from the statistics kept from an earlier fit of the
+    """How a retrain fits (flows.model.incremental): from the statistics kept from an earlier fit of the
     same params and code when only training images changed, else from all the images."""
 
     incremental: bool = True

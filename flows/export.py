@@ -15,7 +15,6 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,10 +23,8 @@ from padim_plugin.artifact import file_sha256, package_versions
 from padim_plugin.exported import FORMATS, export_model, image_size, raw_errors
 from padim_plugin.runtime import ExportedModel
 
-from .folders import swapped_in
-
-if TYPE_CHECKING:
-    from .registry import Registry
+from .data.folders import swapped_in
+from .registry.registry import Registry, model_name
 
 PARITY_TOLERANCE = 1e-3
 MANIFEST = "export.json"
@@ -54,8 +51,6 @@ class ExportReport:
 def export_line(registry: Registry, line: str, export_format: str, out: Path, alias: str = "champion",
                 input_size: tuple[int, int] | None = None) -> ExportReport:
     """Export ``models:/padim-<line>@<alias>`` to ``out/padim-<line>-v<N>-<format>/``."""
-    from .registry import model_name
-
     if export_format not in FORMATS:
         raise ValueError(f"export format must be one of {FORMATS}, got {export_format!r}")
     version = registry.alias(line, alias)

@@ -31,19 +31,28 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from .approval import wait_for_approval
 from .config import LineParams, load_params
-from .data import DataStore, DataVersion
-from .evaluate import evaluate, write_metrics
-from .gates import DATA_ON_REMOTE, SUPPORTED_OPERATING_POINT, Check, Decision, decide
-from .incremental import StatisticsStore, refit_statistics, statistics_config
-from .lineage import Lineage, lineage_of, require_clean
-from .lock import LineLock
-from .registry import CHAMPION, PENDING, TAG, Candidate, PickledModelError, Registry, rate_with_interval
-from .train import fit_line, save_model
-from .trained import TrainedModel
-from .validation import validate_line
+from .data.store import DataVersion
+from .model.build import save_model
+from .model.evaluate import evaluate, write_metrics
+from .model.fit import fit_line
+from .model.incremental import StatisticsStore, refit_statistics, statistics_config
+from .model.trained import TrainedModel
+from .registry.gates import DATA_ON_REMOTE, SUPPORTED_OPERATING_POINT, Check, Decision, decide
+from .registry.lineage import Lineage, lineage_of, require_clean
+from .registry.lock import LineLock
+from .registry.registry import (
+    CHAMPION,
+    PENDING,
+    TAG,
+    Candidate,
+    PickledModelError,
+    Registry,
+    rate_with_interval,
+)
+from .registry.statistics import collect_statistics, fetch_statistics
+from .tasks import REMOTE_CALL, RUNS, pull_data, validate_data
 
 PACKAGE_DIRS = ("padim_plugin", "flows")
-RUNS = Path(".padim") / "runs"
 # the operating point at a glance: the summary's and the report's columns
 SUMMARY_METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"),
                    ("pixel AUPRO", "pixel_aupro"), ("false alarms (test)", "test_normal_fpr"),
@@ -99,19 +108,7 @@ def _task_cache_key(params: LineParams, data: DataVersion, root: Path) -> str:
     return f"{fit_cache_key(params, data)}-{project}"
 
 
-@task(name="pull data", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
-def pull_data(root: Path, line: str, rev: str | None) -> DataVersion:
-    version = DataStore(root).pull(line, rev)
-    get_run_logger().info("%s: data version %s at %s", line, version.md5, version.rev[:12])
-    return version
-
-
-@task(name="validate data", cache_policy=NO_CACHE)
-def validate_data(data: DataVersion, params: LineParams) -> None:
-    validate_line(data.path, params.data.min_train_images, params.data.min_validation_images)
-
-
-@task(name="trace lineage", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+@task(name="trace lineage", **REMOTE_CALL)
 def trace_lineage(root: Path, data: DataVersion, dirty: list[str]) -> Lineage:
     """The commit, and whether the DVC remote holds the whole data version."""
     lineage = lineage_of(root, data, dirty)
@@ -134,7 +131,7 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
     logger.info("%s: fitting %s on %s", params.name, params.model.backbone, data.path)
     config, store = statistics_config(params, code_version()), StatisticsStore(root)
     if params.fit.incremental:  # statistics kept by fits on other machines, if this one lacks them
-        Registry(root).fetch_statistics(params.name, config, store)
+        fetch_statistics(Registry(root), params.name, config, store)
     statistics, report = refit_statistics(params, data, root, work, key, config)
     logger.info("%s: %s", params.name, report.describe())
     model, calibration = fit_line(params, data.path, work, statistics)
@@ -151,7 +148,7 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
                         calibration.unsupported)
 
 
-@task(name="register candidate", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+@task(name="register candidate", **REMOTE_CALL)
 def register_candidate(root: Path, params: LineParams, data: DataVersion, trained: TrainedModel,
                        lineage: Lineage) -> Candidate:
     return Registry(root).log_candidate(params, data, trained, lineage, code_version(),
@@ -169,7 +166,7 @@ class ChampionScores:
     problem: str = ""
 
 
-@task(name="score champion on the same data", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+@task(name="score champion on the same data", **REMOTE_CALL)
 def champion_scores(root: Path, params: LineParams, data: DataVersion,
                     candidate_version: str) -> ChampionScores | None:
     """The champion's metrics on this data version: logged ones if it was evaluated on exactly
@@ -195,7 +192,7 @@ def champion_scores(root: Path, params: LineParams, data: DataVersion,
                                                                   code_version()))
 
 
-@task(name="record the decision", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+@task(name="record the decision", **REMOTE_CALL)
 def record_decision(root: Path, params: LineParams, candidate: Candidate, decision: Decision, lock: LineLock,
                     links: dict[str, str]) -> str:
     """Record the gate's verdict (champion, pending approval or challenger); returns the outcome."""
@@ -205,10 +202,10 @@ def record_decision(root: Path, params: LineParams, candidate: Candidate, decisi
 
 
 @task(name="collect kept statistics", cache_policy=NO_CACHE)
-def collect_statistics(root: Path, line: str) -> None:
+def collect_kept_statistics(root: Path, line: str) -> None:
     """Keep statistics only behind the line's champion and latest version (bounded size)."""
     store = StatisticsStore(root)
-    freed = Registry(root).collect_statistics(line, store)
+    freed = collect_statistics(Registry(root), line, store)
     kept = sum(fit.n_bytes for fit in store.kept(line))
     get_run_logger().info("%s: kept statistics %.1f MB (%.1f MB freed)", line, kept / 2**20, freed / 2**20)
 
@@ -267,7 +264,7 @@ def fit_register_and_decide(project: Path, params: LineParams, data: DataVersion
     lock.check()
     links = {"candidate_run": candidate.run_id} | ({"champion_run": champion.run_id} if champion else {})
     outcome = record_decision(project, params, candidate, decision, lock, links)
-    collect_statistics(project, params.name)
+    collect_kept_statistics(project, params.name)
     reason = decision.reason
     if outcome == PENDING:
         reason += (f"; waits for approval: padim-mlops approve {params.name} {candidate.version} --reason ..."

@@ -28,9 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     model_path = args.root / "models" / args.line
     with tempfile.TemporaryDirectory(prefix=f"padim-{args.line}-") as work:
         if args.stage == "fit":
-            from .data import folder_md5
-            from .train import fit_line, save_model
-            from .validation import validate_line
+            from .data.store import folder_md5
+            from .data.validation import validate_line
+            from .model.build import save_model
+            from .model.fit import fit_line
 
             # never fit on invalid data
             validate_line(data, params.data.min_train_images, params.data.min_validation_images)
@@ -38,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(model_path, ignore_errors=True)
             save_model(model, params, model_path, folder_md5(data))  # the data it fitted, as DVC hashes it
         else:
-            from .evaluate import evaluate, write_metrics
-            from .train import load_model
+            from .model.build import load_model
+            from .model.evaluate import evaluate, write_metrics
 
             evaluation = evaluate(load_model(model_path), params, data, Path(work))
             write_metrics(evaluation, args.root / "metrics" / f"{args.line}.json")

@@ -21,13 +21,18 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sklearn.metrics import roc_auc_score
 
+from padim_plugin.anomaly_map import image_score
 from padim_plugin.backbones import DEEPER_LAYERS
 
 from .config import LineParams, load_params, set_line_model_options
-from .data import DataVersion
-from .registry import Registry
-from .retrain import RUNS, pull_data, validate_data
+from .data.store import DataVersion
+from .model.evaluate import role_counts
+from .model.fit import fit_statistics
+from .model.predictions import predict_role
+from .registry.registry import Registry
+from .tasks import REMOTE_CALL, RUNS, pull_data, validate_data
 
 EMBEDDINGS: tuple[dict[str, Any], ...] = (
     {"channel_reduction": "random_subset", "align_maps": False},  # the paper's
@@ -104,14 +109,6 @@ def with_options(params: LineParams, options: dict[str, Any]) -> LineParams:
 
 def score_options(params: LineParams, data_path: Path, work_dir: Path) -> list[GridPoint]:
     """Every grid point's validation AUROCs: one fit per embedding, nothing read from test."""
-    from sklearn.metrics import roc_auc_score
-
-    from padim_plugin.anomaly_map import image_score
-
-    from .evaluate import role_counts
-    from .predictions import predict_role
-    from .train import fit_statistics
-
     counts = role_counts(data_path)
     n_normal, n_defect = counts["validation_normal_images"], counts["validation_defect_images"]
     if not (n_normal and n_defect):
@@ -143,7 +140,7 @@ def score_grid(params: LineParams, data: DataVersion, root: Path) -> list[GridPo
     return score_options(params, data.path, root / RUNS / f"tune-{params.name}-{data.md5[:12]}")
 
 
-@task(name="log the grid", retries=2, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10])
+@task(name="log the grid", **REMOTE_CALL)
 def log_grid(root: Path, params: LineParams, data: DataVersion, grid: list[GridPoint],
              winner: GridPoint) -> str:
     scores = {"validation_image_auroc": winner.image_auroc,

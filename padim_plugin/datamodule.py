@@ -34,7 +34,7 @@ class MVTecLayoutDataset(AnomalibDataset):
     def __getitem__(self, index: int) -> ImageItem:
         """The image through the shared decoder; a defect image without a mask gets an empty mask
         (a batch cannot mix masks and None) and keeps ``mask_path == ""``, which is how
-        :mod:`flows.evaluate` leaves it out of pixel metrics."""
+        :mod:`flows.model.evaluate` leaves it out of pixel metrics."""
         sample = self.samples.iloc[index]
         pixels = torch.from_numpy(decode_image(sample.image_path)).permute(2, 0, 1)
         image = TvImage(pixels.float() / 255.0)

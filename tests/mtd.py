@@ -86,8 +86,8 @@ def fitted_on_mtd(model: torch.nn.Module, n_train: int, n_calibration: int = 20,
     import torch
 
     from flows.config import ThresholdParams
-    from flows.thresholds import calibrate
-    from flows.train import apply_calibration
+    from flows.model.fit import apply_calibration
+    from flows.model.thresholds import calibrate
     from padim_plugin.exported import image_size
 
     images = torch.from_numpy(mtd_images("train", n_train + n_calibration, image_size(model)[0]))

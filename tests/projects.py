@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.data import DataStore
-from flows.registry import Registry, model_name
+from flows.data.store import DataStore
+from flows.registry.registry import Registry, model_name
 
 
 def git(root: Path, *args: str) -> str:

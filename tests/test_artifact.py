@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from flows.config import LineParams
-from flows.train import fit_line, save_model
+from flows.model.build import save_model
+from flows.model.fit import fit_line
 from padim_plugin.artifact import MANIFEST, TENSORS, ArtifactError, load_artifact
 from padim_plugin.scoring import raw_image_threshold, score_arrays
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.audit import Event, decisions_experiment
-from flows.gates import Check, Decision
-from flows.registry import Registry, model_name
+from flows.registry.audit import Event, decisions_experiment
+from flows.registry.gates import Check, Decision
+from flows.registry.registry import Registry, model_name
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def begun(registry: Registry, event: Event) -> str:
 
 def test_a_retried_decision_in_the_same_turn_is_recorded_once(registry: Registry,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.audit import AuditTrail
+    from flows.registry.audit import AuditTrail
 
     finish = AuditTrail.finish
     calls = []

@@ -14,8 +14,8 @@ import pytest
 
 from flows.cli import main
 from flows.config import load_params
-from flows.data import DataStore
-from flows.registry import Registry, model_name
+from flows.data.store import DataStore
+from flows.registry.registry import Registry, model_name
 
 from .conftest import write_mvtec_folder
 from .projects import git, init_project

@@ -11,8 +11,8 @@ from PIL import Image
 
 from flows.cli import main
 from flows.config import load_params
-from flows.data import DataStore, DataVersionError
-from flows.validation import DataValidationError, check_line_name, validate_line
+from flows.data.store import DataStore, DataVersionError
+from flows.data.validation import DataValidationError, check_line_name, validate_line
 from padim_plugin.mvtec import mvtec_samples
 
 from .conftest import write_mvtec_folder

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.data import SNAPSHOTS, DataStore, DataVersionError
+from flows.data.store import SNAPSHOTS, DataStore, DataVersionError
 
 from .conftest import Synthetic, save, write_mvtec_folder
 from .kill import REPOSITORY, KillPoint, assert_killed, run_killed
@@ -71,16 +71,16 @@ def leftovers(store: DataStore, line: str) -> list[str]:
 # kill point -> the version git must hold afterwards. The add puts the objects in the cache (dvc
 # add), then in the remote (push), then commits the pointer. dvc_objects.fs.generic.transfer: call 2
 # copies the files into the cache (where the .dir listing already is), call 4 puts the listing in
-# the remote after the files (call 3). An add's git calls: show HEAD:params.yaml (is the line
-# registered?), then _commit's add, diff --cached, commit.
+# the remote after the files (call 3). The add then builds its commit in an index of its own and
+# moves HEAD to it (_move_head: the commit point).
 ADD_KILLS = {
     "data-add-before-dvc-add": (KillPoint("dvc.repo:Repo.add"), "old"),
     "data-add-during-dvc-add": (KillPoint("dvc_objects.fs.generic:transfer", call=2), "old"),
     "data-add-after-dvc-add": (KillPoint("dvc.repo:Repo.add", after=True), "old"),
     "data-add-during-push": (KillPoint("dvc_objects.fs.generic:transfer", call=4), "old"),
     "data-add-after-push": (KillPoint("dvc.repo:Repo.push", after=True), "old"),
-    "data-add-before-git-commit": (KillPoint("flows.data:DataStore._git", call=4), "old"),
-    "data-add-after-git-commit": (KillPoint("flows.data:DataStore._commit", after=True), "new"),
+    "data-add-before-git-commit": (KillPoint("flows.data.store:DataStore._move_head"), "old"),
+    "data-add-after-git-commit": (KillPoint("flows.data.store:DataStore._commit", after=True), "new"),
 }
 
 
@@ -246,7 +246,7 @@ def test_disk_full_while_pulling_leaves_no_half_snapshot(project: DataStore) -> 
 
 PULL_KILLS = {
     "pull-killed-while-copying": KillPoint("dvc_objects.fs.local:LocalFileSystem.put_file", call=3),
-    "pull-killed-while-verifying": KillPoint("flows.data:_file_md5", call=3),
+    "pull-killed-while-verifying": KillPoint("flows.data.store:_file_md5", call=3),
 }
 
 

@@ -18,8 +18,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from flows.cli import main
-from flows.data import DataStore
-from flows.registry import Registry, model_name
+from flows.data.store import DataStore
+from flows.registry.registry import Registry, model_name
 
 from .conftest import write_mvtec_folder
 from .projects import git, init_project, tiny_params, versions

@@ -16,7 +16,7 @@ from anomalib.engine import Engine
 from PIL import Image
 
 from flows.config import LineParams
-from flows.train import fit_line
+from flows.model.fit import fit_line
 from padim_plugin import StreamingPadim
 from padim_plugin.exported import compare_with_torch, export_model, raw_errors, raw_outputs
 from padim_plugin.runtime import ExportedModel

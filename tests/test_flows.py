@@ -18,9 +18,9 @@ from PIL import Image
 
 from flows.cli import main
 from flows.config import GateParams
-from flows.data import DataStore
-from flows.gates import decide
-from flows.registry import Registry, model_name
+from flows.data.store import DataStore
+from flows.registry.gates import decide
+from flows.registry.registry import Registry, model_name
 
 from .conftest import write_flat_folders, write_mvtec_folder
 from .projects import git, init_project, versions
@@ -273,7 +273,7 @@ def test_an_export_that_disagrees_with_its_model_is_not_written_and_the_earlier_
 
 
 def test_replace_folder_swaps_a_whole_export_in(tmp_path: Path) -> None:
-    from flows.folders import swapped_in
+    from flows.data.folders import swapped_in
 
     target, new = tmp_path / "export", tmp_path / "scratch" / "new"
     for folder, content in ((target, "old"), (new, "new")):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.validation import DataValidationError, validate_line
+from flows.data.validation import DataValidationError, validate_line
 from padim_plugin.datamodule import MVTecLayoutDataset
 from padim_plugin.images import ImageDecodeError, decode_image
 

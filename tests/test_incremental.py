@@ -1,4 +1,4 @@
-"""Incremental refits (flows.incremental): a retrain after training images were added and removed
+"""Incremental refits (flows.model.incremental): a retrain after training images were added and removed
 embeds only those, and equals a refit from all the images."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 
 from flows.cli import main
 from flows.config import FitParams
-from flows.incremental import KeptFit, StatisticsStore, plan_refit
-from flows.registry import Registry, model_name
+from flows.model.incremental import KeptFit, StatisticsStore, plan_refit
+from flows.registry.registry import Registry, model_name
 from padim_plugin.statistics import load_statistics
 
 from .conftest import Synthetic, save, write_mvtec_folder

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from flows.config import GateParams, ThresholdParams
-from flows.gates import decide, false_alarm_ceiling
-from flows.thresholds import (
+from flows.model.thresholds import (
     budget_threshold,
     f1_optimal_threshold,
     false_alarm_upper_bound,
@@ -18,6 +17,7 @@ from flows.thresholds import (
     proportion_interval,
     recall_threshold,
 )
+from flows.registry.gates import decide, false_alarm_ceiling
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:

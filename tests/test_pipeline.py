@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.data import DataStore
+from flows.data.store import DataStore
 
 from .conftest import write_mvtec_folder
 from .projects import init_project
@@ -23,6 +23,9 @@ defaults:
   model: {n_features: 8}
   data: {image_size: 64, train_batch_size: 4, eval_batch_size: 8, min_train_images: 5,
          min_validation_images: 2}
+  thresholds: {rule: f1}
+  export: {dtype: float32}
+  gates: {floors: {image_auroc: 0.7}}
 lines:
   tiny: {}
 """
@@ -54,7 +57,12 @@ def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
     assert manifest["metadata"]["data_md5"] == DataStore(root).md5("tiny")  # the data it was fitted on
     assert {p.name for p in (root / "plots" / "tiny").iterdir()} == {"heatmaps.png", "roc.png",
                                                                      "operating_point.png"}
-    assert "didn't change" in run(root, "dvc", "repro") or "up to date" in run(root, "dvc", "status")
+    fitted = (root / "models" / "tiny" / "tensors.safetensors").stat().st_mtime_ns
+    run(root, "dvc", "repro")  # nothing changed: nothing runs
+    assert (root / "models" / "tiny" / "tensors.safetensors").stat().st_mtime_ns == fitted
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("floors: {image_auroc: 0.7}", "floors: {image_auroc: 0.9}"))
+    assert "up to date" in run(root, "dvc", "status")  # a gate is not read by the stages: no refit
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "baseline")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.lock import LineLock, LockLostError, LockTimeoutError, lock_prefix
-from flows.registry import Registry, model_name
+from flows.registry.lock import LineLock, LockLostError, LockTimeoutError, lock_prefix
+from flows.registry.registry import Registry, model_name
 
 from .conftest import write_mvtec_folder
 from .projects import init_project, tiny_params, versions
@@ -109,7 +109,8 @@ def test_the_lock_admits_one_holder_at_a_time_across_threads(project: Path) -> N
 def test_a_lock_whose_holder_was_killed_is_taken_over_at_once(project: Path) -> None:
     holder = subprocess.run(
         [sys.executable, "-c",
-         "import os, signal, sys\nfrom flows.lock import LineLock\nfrom flows.registry import Registry\n"
+         "import os, signal, sys\nfrom flows.registry.lock import LineLock\n"
+         "from flows.registry.registry import Registry\n"
          f"LineLock(Registry({str(project)!r}).client, 'alpha', 'killed holder').acquire()\n"
          "os.kill(os.getpid(), signal.SIGKILL)"],
         cwd=REPOSITORY, capture_output=True, text=True, timeout=120)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.gates import false_alarm_ceiling
-from flows.registry import Registry
+from flows.registry.gates import false_alarm_ceiling
+from flows.registry.registry import Registry
 
 from .mtd import MTD, mtd_flat_folders
 from .projects import init_project

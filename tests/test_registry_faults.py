@@ -13,7 +13,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from flows.cli import main
-from flows.registry import Registry
+from flows.registry.registry import Registry
 from flows.retrain import run_retrain
 
 from .conftest import write_mvtec_folder

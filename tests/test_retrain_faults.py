@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from flows.cli import main
-from flows.registry import CHALLENGER, CHAMPION, Registry, model_name
+from flows.registry.registry import CHALLENGER, CHAMPION, Registry, model_name
 
 from .conftest import write_mvtec_folder
 from .kill import KillPoint, assert_killed, run_killed
@@ -27,7 +27,7 @@ KILL_POINTS = {
     "during-pull": KillPoint("dvc_objects.fs.local:LocalFileSystem.put_file", call=3),  # 3rd file copied
     "during-fit": KillPoint("padim_plugin.gaussian:StreamingGaussian.update", call=2),
     "while-keeping-statistics": KillPoint("padim_plugin.statistics:save_statistics"),
-    "during-evaluation": KillPoint("flows.evaluate:image_metrics"),
+    "during-evaluation": KillPoint("flows.model.evaluate:image_metrics"),
     "during-logging": KillPoint("mlflow.pyfunc:log_model"),
     "after-registration": KillPoint("mlflow:register_model", after=True),
     "before-champion-alias-move": KillPoint("mlflow.tracking.client:MlflowClient.set_registered_model_alias",

@@ -12,8 +12,8 @@ from PIL import Image
 
 from flows.cli import main
 from flows.config import SplitParams
-from flows.data import DataStore
-from flows.roles import ROLES, assign_role, image_key
+from flows.data.roles import ROLES, assign_role, image_key
+from flows.data.store import DataStore
 
 from .conftest import write_flat_folders, write_mvtec_folder
 from .projects import git, init_project

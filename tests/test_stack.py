@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.data import DataStore
-from flows.registry import Registry
+from flows.data.store import DataStore
+from flows.registry.registry import Registry
 from padim_plugin.artifact import TENSORS
 from stack.stack import read_env_file
 

@@ -12,9 +12,9 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from flows.config import LineParams
-from flows.evaluate import image_metrics
-from flows.thresholds import choose_threshold, f1_optimal_threshold
-from flows.train import fit_line
+from flows.model.evaluate import image_metrics
+from flows.model.fit import fit_line
+from flows.model.thresholds import choose_threshold, f1_optimal_threshold
 
 from .conftest import write_mvtec_folder
 
@@ -74,7 +74,7 @@ def test_test_images_cannot_move_the_threshold(tmp_path: Path, change: str) -> N
 
 
 def test_an_images_score_does_not_depend_on_its_batch_neighbours(tmp_path: Path) -> None:
-    from flows.predictions import predict_role
+    from flows.model.predictions import predict_role
 
     line = write_mvtec_folder(tmp_path / "line", 10, 4, 4, n_validation=3)
     for index, image in enumerate(sorted((line / "test").rglob("*.png"))):  # cameras of several sizes

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from flows.cli import main
 from flows.config import LineParams, load_params, set_line_model_options
-from flows.registry import TUNING_TABLE, Registry
+from flows.registry.registry import TUNING_TABLE, Registry
 from flows.tune import GridPoint, auroc_standard_error, best, grid_size, score_options
 from padim_plugin import StreamingPadimModel
 

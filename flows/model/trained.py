@@ -19,6 +19,6 @@ class TrainedModel:
     unavailable: dict[str, str]  # metric -> why the test split cannot give it
     calibration: dict[str, float | str]  # thresholds and normalisation, from validation only
     figures: dict[str, str]
-    fit: dict[str, str] = field(default_factory=dict)  # flows.incremental.FitReport: path taken, images
+    fit: dict[str, str] = field(default_factory=dict)  # flows.model.incremental.FitReport: path taken, images
     statistics_path: str = ""  # the kept statistics (.padim/statistics/<cache key>)
     unsupported: str = ""  # why validation cannot support the line's operating point ("" if it can)

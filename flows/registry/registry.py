@@ -2,7 +2,7 @@
 
 One registered model per product line, ``padim-<line>``. Every new version gets ``@challenger``;
 ``@champion`` moves only through a decision (the gate's verdict, ``promote``, ``rollback``, ``demote``,
-``approve``), each appended to the line's audit trail (flows.audit) before its single alias move
+``approve``), each appended to the line's audit trail (flows.registry.audit) before its single alias move
 and finished after it, so a failure at any point leaves the previous champion in place and the
 trail true. A version that passed its gates on a line that wants approval waits as ``@pending``.
 Version tags summarise the trail: ``padim.gate`` (the gate's own verdict, never overwritten by a
@@ -10,7 +10,7 @@ hand), ``padim.decision`` and ``padim.reason`` (the latest decision), ``padim.pr
 A version without ``padim.decision`` was never fully decided, and a rerun decides it again.
 
 Writers of one line take turns (:meth:`Registry.turn`, a lease kept in the tracking store by
-flows.lock), so the turn holds across threads, processes and machines that share the store, on
+flows.registry.lock), so the turn holds across threads, processes and machines that share the store, on
 SQLite as on a server.
 """
 
@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -35,20 +34,16 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from ..config import LineParams
+from ..data.folders import locked
+from ..data.store import DataVersion
+from ..data.validation import check_line_name
+from ..model.trained import TrainedModel
 from .audit import FINISHED, AuditTrail, Event, actor
-from .config import LineParams
-from .data import DataVersion
-from .folders import locked
 from .gates import DATA_ON_REMOTE, Decision
 from .lineage import Lineage, RoleData, head_commit
 from .lock import LineLock
-from .trained import TrainedModel
-from .validation import check_line_name
-
-if TYPE_CHECKING:  # the store is handed in: it writes the files, this module only MLflow
-    from .incremental import StatisticsStore
 
 CHAMPION, CHALLENGER, PENDING = "champion", "challenger", "pending"  # aliases, and decisions
 ROLLED_BACK, DEMOTED, REJECTED = "rolled back", "demoted", "rejected"  # the other decisions
@@ -60,7 +55,7 @@ PACKAGES = ("padim-plugin", "anomalib", "torch", "torchvision", "timm", "lightni
 SCORING_PACKAGES = ("anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 TUNING_TABLE = "tuning/grid.json"
-STATISTICS_ARTIFACTS = "statistics"  # a run's kept statistics (flows.incremental)
+STATISTICS_ARTIFACTS = "statistics"  # a run's kept statistics (flows.registry.statistics)
 KEPT = "kept"  # a version's padim.statistics tag while its run holds them
 log = logging.getLogger(__name__)
 
@@ -116,7 +111,7 @@ class VersionSummary:
 
 
 def rate_with_interval(metrics: dict[str, float], name: str) -> str:
-    """``0.037 [0.00, 0.19]``: a rate with its 95% interval (flows.evaluate logs both); "" if absent."""
+    """``0.037 [0.00, 0.19]``: a rate with its 95% interval (flows.model.evaluate logs both); "" if absent."""
     if name not in metrics:
         return ""
     low, high = metrics.get(f"{name}_low"), metrics.get(f"{name}_high")
@@ -305,58 +300,6 @@ class Registry:
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         return run.info.run_id
 
-    def fetch_statistics(self, line: str, config: str, store: StatisticsStore) -> list[str]:
-        """Download into ``store`` the kept statistics of the line's champion and latest version
-        that have this statistics config and that ``store`` lacks (fitted on another machine);
-        returns their cache keys."""
-        fetched = []
-        for version in self._statistics_behind(line):
-            key = version.tags.get(f"{TAG}cache_key", "")
-            if (version.tags.get(f"{TAG}statistics") != KEPT or store.get(key) is not None
-                    or version.tags.get(f"{TAG}statistics_config") != config):
-                continue
-            store.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".download-", dir=store.root) as folder:
-                try:
-                    path = mlflow.artifacts.download_artifacts(run_id=version.run_id, dst_path=folder,
-                                                               artifact_path=STATISTICS_ARTIFACTS,
-                                                               tracking_uri=self.uri)
-                except (MlflowException, OSError) as error:
-                    log.warning("%s v%s: its kept statistics cannot be downloaded: %s", line, version.version,
-                                error)
-                    continue
-                store.adopt(key, Path(path))
-                fetched.append(key)
-        return fetched
-
-    def collect_statistics(self, line: str, store: StatisticsStore) -> int:
-        """Keep statistics only behind the line's champion and latest version: the others are
-        deleted from ``store`` and from their runs' artifacts (their versions tagged so). Returns
-        the bytes freed in ``store``."""
-        behind = self._statistics_behind(line)
-        freed = store.collect_garbage(line, {version.tags.get(f"{TAG}cache_key", "") for version in behind})
-        keep = {str(version.version) for version in behind}
-        kept = self.client.search_model_versions(
-            f"name = '{model_name(line)}' and tags.`{TAG}statistics` = '{KEPT}'")
-        for version in kept:
-            if str(version.version) in keep:
-                continue
-            artifact_uri = self.client.get_run(version.run_id).info.artifact_uri
-            try:
-                get_artifact_repository(artifact_uri).delete_artifacts(STATISTICS_ARTIFACTS)
-            except (MlflowException, OSError) as error:
-                log.warning("%s v%s: its kept statistics cannot be deleted: %s", line, version.version, error)
-                continue
-            self._tag(line, str(version.version), statistics="deleted")
-        return freed
-
-    def _statistics_behind(self, line: str) -> list[ModelVersion]:
-        """The line's champion and latest version (the fits a next fit would continue from)."""
-        found = self.client.search_model_versions(f"name = '{model_name(line)}'")
-        latest = max(found, key=lambda version: int(version.version), default=None)
-        champion = self.champion(line) if found else None
-        return list({str(v.version): v for v in (champion, latest) if v is not None}.values())
-
     def log_tuning(self, line: str, data: DataVersion, grid: list[dict[str, Any]], winner: dict[str, Any],
                    scores: dict[str, float]) -> str:
         """Log a tuning run to the line's experiment: the grid as a table, the winner's options as
@@ -376,8 +319,8 @@ class Registry:
     # -- decisions (each in the line's turn, each an event of the audit trail) ------------------
     @contextmanager
     def turn(self, line: str, purpose: str, timeout_s: float | None = None) -> Iterator[LineLock]:
-        """The line's writer turn (:class:`flows.lock.LineLock`); events left half-way by a writer
-        that died are settled first (see flows.audit)."""
+        """The line's writer turn (:class:`flows.registry.lock.LineLock`); events left half-way by a writer
+        that died are settled first (see flows.registry.audit)."""
         with LineLock(self.client, line, purpose, timeout_s) as lock:
             self._settle(line, lock)
             yield lock

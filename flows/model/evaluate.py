@@ -26,7 +26,7 @@ from padim_plugin import StreamingPadim
 from padim_plugin.mvtec import mvtec_samples
 from padim_plugin.scoring import raw_image_threshold, raw_pixel_threshold
 
-from .config import LineParams
+from ..config import LineParams
 from .predictions import Predictions, predict_role
 from .thresholds import proportion_interval
 

@@ -29,8 +29,9 @@ from typing import Any
 
 import yaml
 
-from .config import with_line_entry
+from ..config import with_line_entry
 from .folders import backup_of, locked, put_back, set_aside, write_atomically
+from .layout import content_digest
 from .validation import check_line_name, describe, validate_line
 
 SNAPSHOTS = Path(".padim") / "data"
@@ -377,8 +378,6 @@ class DataStore:
     def file_digests(self, line: str, rev: str | None = None) -> dict[str, str]:
         """{path within the line: md5 of its content} of the version at ``rev``, for diffs."""
         version = self.pull(line, rev)
-        from .layout import content_digest
-
         return {path.relative_to(version.path).as_posix(): content_digest(path)
                 for path in sorted(version.path.rglob("*")) if path.is_file()}
 
@@ -512,12 +511,16 @@ class DataStore:
             identity = ["-c", "user.name=padim-mlops", "-c", "user.email=padim-mlops@localhost"]
         message = f"data: {line} version {self.md5(line)}"
         commit = self._git(*identity, "commit-tree", tree, *(["-p", head] if head else []), "-m", message)
-        self._git("update-ref", "-m", message, "HEAD", commit, head or "")
+        self._move_head(commit, head, message)
         # the user's index: these paths as committed (params.yaml only if it was not staged otherwise)
         self._git("reset", "--quiet", "--", pointer, gitignore)
         if registered != committed and self._git("diff", "--cached", "--name-only", head, "--",
                                                    "params.yaml", check=False) == "":
             self._git("reset", "--quiet", "--", "params.yaml")
+
+    def _move_head(self, commit: str, head: str, message: str) -> None:
+        """HEAD to ``commit`` if it still names ``head`` (the commit point of an add)."""
+        self._git("update-ref", "-m", message, "HEAD", commit, head or "")
 
     def _register_in_worktree(self, line: str) -> None:
         """The working params.yaml lists the line (its entry added, the user's edits left as they are)."""

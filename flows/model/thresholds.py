@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy.stats import beta
 
-from .config import ThresholdParams
+from ..config import ThresholdParams
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus
 
-from .validation import check_line_name
+from ..data.validation import check_line_name
 
 TAG = "padim.event."
 PARAM_LIMIT = 6000  # MLflow's longest param value: longer text goes on in <name>.1, <name>.2, ...

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import DataParams
-from .data import DataStore, DataVersion, DataVersionError
+from ..config import DataParams
 from .layout import Incoming, StagingReport, stage
+from .store import DataStore, DataVersion, DataVersionError
 from .validation import DataValidationError
 
 

@@ -1,4 +1,5 @@
-"""Fit StreamingPadim on one product line's data through anomalib's Engine, and save/load it.
+"""Fit StreamingPadim on one product line's train role through anomalib's Engine, then set its
+threshold and normalisation from the validation role only.
 
 Shared by the Prefect flow and the DVC pipeline stage, so both produce the same model from the
 same params and data.
@@ -10,49 +11,14 @@ import logging
 from collections.abc import Collection
 from pathlib import Path
 
-from torchvision.transforms.v2 import Resize
-
 from padim_plugin import StreamingGaussian, StreamingPadim
-from padim_plugin.datamodule import MVTecLayout
 
-from .config import LineParams
+from ..config import LineParams
+from .build import build_datamodule, build_model, engine
+from .predictions import predict_role
 from .thresholds import Calibration, calibrate
 
 logger = logging.getLogger(__name__)
-
-
-def build_model(params: LineParams) -> StreamingPadim:
-    """The line's model: every key of params.yaml's ``model`` section is a StreamingPadim argument."""
-    size = params.data.image_size
-    return StreamingPadim(
-        **params.model.model_dump(),
-        pre_processor=StreamingPadim.configure_pre_processor((size, size)),
-        evaluator=False,  # flows.evaluate computes the metrics, on raw and thresholded outputs
-        visualizer=False,
-    )
-
-
-def build_datamodule(params: LineParams, data_path: Path) -> MVTecLayout:
-    """The line's roles as dataloaders. Each image is resized on its own, as the model's
-    pre-processor would (anomalib adds that only under a trainer's setup): otherwise a batch of
-    images of different sizes is stretched to its largest one before the model sees it, and an
-    image's score would depend on its batch neighbours and differ from serving it alone."""
-    data = params.data
-    return MVTecLayout(
-        data_path,
-        name=params.name,
-        train_batch_size=data.train_batch_size,
-        eval_batch_size=data.eval_batch_size,
-        num_workers=data.num_workers,
-        val_split_mode="from_dir",  # thresholds come from validation/, never from the test split
-        augmentations=Resize((data.image_size, data.image_size), antialias=True),
-    )
-
-
-def engine(work_dir: Path):  # noqa: ANN201  # anomalib.engine.Engine, imported lazily
-    from anomalib.engine import Engine
-
-    return Engine(accelerator="auto", devices=1, default_root_dir=work_dir, barebones=True)
 
 
 def embed_statistics(params: LineParams, data_path: Path, work_dir: Path,
@@ -97,11 +63,9 @@ def fit_line(params: LineParams, data_path: Path, work_dir: Path,
     is never read here.
 
     The fitted model keeps the mean and whitening factor it scores with, not the streamed
-    statistics (they are only needed to keep fitting, see flows.incremental), so the saved model
+    statistics (they are only needed to keep fitting, see flows.model.incremental), so the saved model
     stays small.
     """
-    from .predictions import predict_role
-
     if statistics is None:
         statistics = embed_statistics(params, data_path, work_dir)
     model = model_from_statistics(params, statistics)
@@ -126,17 +90,3 @@ def apply_calibration(model: StreamingPadim, calibration: Calibration) -> None:
         (post.pixel_min, calibration.pixel_min), (post.pixel_max, calibration.pixel_max),
     ):
         buffer.fill_(value)
-
-
-def save_model(model: StreamingPadim, params: LineParams, folder: Path, data_md5: str = "") -> Path:
-    """The model as data (padim_plugin.artifact: safetensors + manifest), never a pickle."""
-    from padim_plugin.artifact import save_artifact
-
-    return save_artifact(model.cpu().eval(), folder, params.data.image_size,
-                         {"line": params.name, "data_md5": data_md5}, dtype=params.export.dtype)
-
-
-def load_model(folder: Path) -> StreamingPadim:
-    from padim_plugin.artifact import load_artifact
-
-    return load_artifact(folder)

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataStore, DataVersion
+from ..data.store import DataStore, DataVersion
 from .gates import CLEAN_TREE, DATA_ON_REMOTE, Check
 
 TRACKED = ("params.yaml", "flows", "padim_plugin")  # what a retrain reads from the working tree

@@ -16,8 +16,8 @@ import torch
 
 from padim_plugin import StreamingPadim
 
-from .config import LineParams
-from .train import build_datamodule, engine
+from ..config import LineParams
+from .build import build_datamodule, engine
 
 PIXEL_STRIDE = 2  # every 4th pixel of each map: pixel-level numbers in bounded memory
 

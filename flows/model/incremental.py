@@ -29,8 +29,9 @@ from pathlib import Path
 from padim_plugin.gaussian import StreamingGaussian, UnsafeDowndateError
 from padim_plugin.statistics import StatisticsError, load_statistics, read_metadata, save_statistics
 
-from .config import FitParams, LineParams
-from .data import DataStore, DataVersion, DataVersionError
+from ..config import FitParams, LineParams
+from ..data.store import DataStore, DataVersion, DataVersionError
+from .fit import embed_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +201,6 @@ def refit_statistics(params: LineParams, data: DataVersion, root: Path, work_dir
                      config: str) -> tuple[StreamingGaussian, FitReport]:
     """The statistics of the line's training images in ``data``: kept ones if this fit ran
     before, else continued from the nearest kept fit, else embedded from all images. Kept."""
-    from .train import embed_statistics
-
     store = StatisticsStore(root)
     kept = store.get(key)
     if kept is not None:
@@ -227,8 +226,6 @@ def refit_statistics(params: LineParams, data: DataVersion, root: Path, work_dir
 def _continue_from(plan: RefitPlan, params: LineParams, root: Path, data: DataVersion, work_dir: Path,
                    store: StatisticsStore) -> StreamingGaussian:
     """The kept statistics less the removed images (read from the base version) plus the added."""
-    from .train import embed_statistics
-
     assert plan.base is not None  # noqa: S101  # callers check
     gaussian = store.load(plan.base)
     if plan.removed:

@@ -1,4 +1,4 @@
-"""Filesystem steps shared by data versions (flows.data), exports (flows.export) and the registry:
+"""Filesystem steps shared by data versions (flows.data.store), exports (flows.export) and the registry:
 put a new folder in place of an old one without ever leaving neither, replace a file's text so that
 readers see the old text or the new, never part of it, and lock a file."""
 

@@ -1,7 +1,7 @@
 """Bring incoming images into a line's layout, in a staging folder, touching nothing else.
 
 The stored layout is MVTec AD's plus a ``validation/`` folder: ``<role>/<label>/<file>`` with
-roles train, validation and test (see :mod:`flows.roles`), and optional masks in
+roles train, validation and test (see :mod:`flows.data.roles`), and optional masks in
 ``ground_truth/<kind>/<stem>_mask.<ext>``. Sources:
 
 - a folder in MVTec layout: its ``test/`` stays the test set (published splits stay comparable),
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from padim_plugin.mvtec import NORMAL, ROLE_SPLITS, is_image, mask_candidates
 
-from .config import SplitParams
+from ..config import SplitParams
 from .roles import Role, assign_fit_role, assign_role, image_key
 from .validation import DataValidationError, orphan_masks, stray_entries
 from .validation import subdirs as _subdirs

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, ViewType
 from mlflow.exceptions import MlflowException
 
-from .validation import check_line_name
+from ..data.validation import check_line_name
 
 TAG = "padim.lock."
 LOCK_TTL_S = 120.0  # a lock not renewed for this long was abandoned (its holder died elsewhere)

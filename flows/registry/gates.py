@@ -1,4 +1,4 @@
-"""Promotion gates: pure decisions from metrics that return their reasons (flows.registry records
+"""Promotion gates: pure decisions from metrics that return their reasons (flows.registry.registry records
 them).
 
 A candidate is promoted only if nothing blocks it (an operating point its validation split cannot
@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 
 from scipy.stats import binom
 
-from .config import OPERATING_POINT, GateParams
+from ..config import OPERATING_POINT, GateParams
 
-# gates named by the checks that callers find elsewhere (flows.lineage, the operating point)
+# gates named by the checks that callers find elsewhere (flows.registry.lineage, the operating point)
 CLEAN_TREE = "committed params and code"
 DATA_ON_REMOTE = "data on the DVC remote"
 SUPPORTED_OPERATING_POINT = "operating point supported by validation"
