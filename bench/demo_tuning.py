@@ -30,7 +30,7 @@ from flows.tune import EMBEDDINGS, POOLINGS, SCORE_RULES, best, score_options, w
 PAPER = {"layers": None} | EMBEDDINGS[0] | POOLINGS[0] | SCORE_RULES[0]  # the demo lines' layers
 
 
-def test_metrics(params, data, work: Path) -> dict[str, float]:  # noqa: ANN001
+def test_metrics(params, data, work: Path) -> dict[str, float]:
     model, _ = fit_line(params, data, work)
     return evaluate(model, params, data, work).metrics
 

@@ -458,7 +458,7 @@ def run_isolated(spec: RunSpec) -> dict[str, Any]:
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         try:
             return pool.submit(run_worker, spec).result()
-        except Exception as error:  # noqa: BLE001  # e.g. out of memory: keep the other runs
+        except Exception as error:  # e.g. out of memory: keep the other runs
             return {"error": f"{type(error).__name__}: {error}"[:500]}
 
 

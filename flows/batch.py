@@ -21,7 +21,7 @@ from padim_plugin.images import ImageDecodeError, decode_image
 from padim_plugin.mvtec import is_image
 from padim_plugin.scoring import indices_by_shape, raw_image_threshold
 
-from .registry.registry import Registry, model_name
+from .registry.registry import TAG, Registry, model_name
 
 # score: normalised, the model's threshold at 0.5; raw_threshold: that threshold in raw score units
 COLUMNS = ("image", "score", "label", "raw_threshold", "model_version", "data_md5", "heatmap", "error")
@@ -60,7 +60,7 @@ def score_files(registry: Registry, line: str, files: list[Path], out: Path, ali
     registry.require_data_only(line, str(version.version))
     model = mlflow.pyfunc.load_model(uri)
     threshold = raw_image_threshold(model.unwrap_python_model().model)
-    context = [f"{threshold:.6f}", str(version.version), version.tags.get("padim.data_md5", "")]
+    context = [f"{threshold:.6f}", str(version.version), version.tags.get(f"{TAG}data_md5", "")]
     out.mkdir(parents=True, exist_ok=True)
     report = ScoringReport(out / "scores.csv")
     position = {path: index for index, path in enumerate(files)}

@@ -220,7 +220,7 @@ def load_params(path: str | Path = "params.yaml") -> ProjectParams:
     path = Path(path)
     try:
         with path.open() as stream:  # a stream, so that YAML errors name the file
-            raw = yaml.load(stream, Loader=_Loader)  # noqa: S506  # a SafeLoader subclass
+            raw = yaml.load(stream, Loader=_Loader)  # a SafeLoader subclass
     except FileNotFoundError:
         raise ValueError(f"{path} does not exist: a project needs a params.yaml (see the README)") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
@@ -409,7 +409,7 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _flatten(tree: dict[str, Any], prefix: str = ""):  # noqa: ANN202
+def _flatten(tree: dict[str, Any], prefix: str = ""):
     for key, value in tree.items():
         if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}{key}.")

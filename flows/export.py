@@ -24,7 +24,7 @@ from padim_plugin.exported import FORMATS, export_model, image_size, raw_errors
 from padim_plugin.runtime import ExportedModel
 
 from .data.folders import swapped_in
-from .registry.registry import Registry, model_name
+from .registry.registry import TAG, Registry, model_name
 
 PARITY_TOLERANCE = 1e-3
 MANIFEST = "export.json"
@@ -77,13 +77,13 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
             "version": str(version.version),
             "alias": alias,
             "format": export_format,
-            "data_md5": version.tags.get("padim.data_md5", ""),
+            "data_md5": version.tags.get(f"{TAG}data_md5", ""),
             "image_size": list(image_size(model)),
             "input": {"name": exported.input_name, "shape": ["N", 3, *size], "dtype": "float32",
                       "values": "RGB in 0..1; the graph resizes and normalises"},
             "outputs": {name: OUTPUTS.get(name, "") for name in exported.output_names},
-            "raw_thresholds": {"image": float(model.post_processor._image_threshold),  # noqa: SLF001
-                               "pixel": float(model.post_processor._pixel_threshold)},  # noqa: SLF001
+            "raw_thresholds": {"image": float(model.post_processor._image_threshold),
+                               "pixel": float(model.post_processor._pixel_threshold)},
             "runtime": RUNTIME_NOTES[export_format],
             "raw_relative_error_vs_torch": errors,
             "files": {p.name: file_sha256(p) for p in sorted(path.parent.iterdir())},

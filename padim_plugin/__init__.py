@@ -19,7 +19,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:  # noqa: ANN401
+def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'padim_plugin' has no attribute {name!r}")
     return getattr(import_module(_EXPORTS[name], __name__), name)

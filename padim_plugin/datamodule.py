@@ -26,7 +26,7 @@ from .mvtec import mvtec_samples
 class MVTecLayoutDataset(AnomalibDataset):
     """The images of one split of an MVTec-layout folder."""
 
-    def __init__(self, root: str | Path, split: Split | str, augmentations=None) -> None:  # noqa: ANN001
+    def __init__(self, root: str | Path, split: Split | str, augmentations=None) -> None:
         super().__init__(augmentations=augmentations)
         self.root = Path(root)
         self.samples = mvtec_samples(self.root, Split(split).value)
@@ -69,7 +69,7 @@ class MVTecLayout(AnomalibDataModule):
         num_workers: int = 0,
         val_split_mode: ValSplitMode | str | None = None,
         seed: int | None = None,
-        **kwargs,  # noqa: ANN003  # augmentations, passed to AnomalibDataModule
+        **kwargs,  # augmentations, passed to AnomalibDataModule
     ) -> None:
         root = Path(root)
         if val_split_mode is None:

@@ -356,11 +356,11 @@ class StreamingGaussian(nn.Module):
             raise ValueError(f"pooling needs statistics on a 2-D grid of positions, got grid {grid}")
         return pool_statistics(*self.centered(), grid, pooling, window)
 
-    def _save_to_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def _save_to_state_dict(self, *args, **kwargs) -> None:
         self.flush()
         super()._save_to_state_dict(*args, **kwargs)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         adopt_saved_shapes(self, state_dict, prefix, ("shift", "shifted_sum", "shifted_scatter", "grid"))
         self._pending, self._pending_batches = None, 0
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -24,7 +24,7 @@ def indices_by_shape(shapes: list[tuple[int, ...]]) -> dict[tuple[int, ...], lis
 
 def raw_image_threshold(model: torch.nn.Module) -> float:
     """The image threshold in raw score units, as the model's post-processor holds it."""
-    return float(model.post_processor._image_threshold)  # noqa: SLF001  # anomalib keeps it private
+    return float(model.post_processor._image_threshold)  # anomalib keeps it private
 
 
 def raw_pixel_threshold(model: torch.nn.Module) -> float:

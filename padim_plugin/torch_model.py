@@ -255,7 +255,7 @@ class StreamingPadimModel(nn.Module):
         self.finalize()
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         adopt_saved_shapes(self, state_dict, prefix, ("mean", "whitening", "cell_offsets"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._split_channel_index()  # the saved subset replaces the seeded one

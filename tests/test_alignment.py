@@ -61,7 +61,7 @@ def centre_of_mass(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack([rows, columns], dim=1) / weight.sum(dim=(1, 2))[:, None]
 
 
-def defect_offsets(model: StreamingPadimModel, texture, generator: torch.Generator) -> torch.Tensor:  # noqa: ANN001
+def defect_offsets(model: StreamingPadimModel, texture, generator: torch.Generator) -> torch.Tensor:
     """(defects, 2): where each defect's map has its centre of mass, minus the defect's centre."""
     images = texture(len(PLACES), generator)
     for image, (row, column) in zip(images, PLACES, strict=True):
@@ -72,7 +72,7 @@ def defect_offsets(model: StreamingPadimModel, texture, generator: torch.Generat
 
 
 @pytest.mark.parametrize("texture", [smooth_texture, noise_texture], ids=["smooth", "noise"])
-def test_an_aligned_map_puts_synthetic_defects_within_a_pixel_of_their_centre(texture) -> None:  # noqa: ANN001
+def test_an_aligned_map_puts_synthetic_defects_within_a_pixel_of_their_centre(texture) -> None:
     generator = torch.Generator().manual_seed(7)
     normal = texture(24, generator)
     aligned = StreamingPadimModel(n_features=100, align_maps=True).fit(normal.split(8)).eval()

@@ -283,7 +283,7 @@ def test_concurrent_pulls_of_one_version_share_one_snapshot(project: DataStore,
     def pull(index: int) -> None:
         try:
             results[index] = DataStore(project.root).pull("alpha").path
-        except Exception as error:  # noqa: BLE001  # reported by the assertion below
+        except Exception as error:  # reported by the assertion below
             results[index] = error
 
     threads = [threading.Thread(target=pull, args=(index,)) for index in range(2)]

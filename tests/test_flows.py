@@ -382,14 +382,14 @@ def test_normal_only_line_is_refused_by_name_then_promoted_by_its_own_gate(first
 class PickledPyfunc(mlflow.pyfunc.PythonModel):
     """How models were registered before the data-only format: a cloudpickled Python object."""
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         return model_input
 
 
 def test_a_pickled_champion_is_never_loaded_to_compare_or_score(first_run: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     registry = Registry(first_run)
-    with mlflow.start_run(experiment_id=registry._experiment("beta")):  # noqa: SLF001
+    with mlflow.start_run(experiment_id=registry._experiment("beta")):
         info = mlflow.pyfunc.log_model(name="model", python_model=PickledPyfunc())
     old = mlflow.register_model(info.model_uri, model_name("beta"))
     registry.client.set_registered_model_alias(model_name("beta"), "champion", old.version)

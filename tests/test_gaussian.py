@@ -106,7 +106,7 @@ def test_a_downdate_leaving_fewer_than_two_images_is_refused() -> None:
         stream(embeddings, batch_size=2).subtract(stream(embeddings[1:], batch_size=2))
 
 
-def test_kept_statistics_round_trip_exactly_through_a_file(tmp_path) -> None:  # noqa: ANN001
+def test_kept_statistics_round_trip_exactly_through_a_file(tmp_path) -> None:
     gaussian = stream(torch.randn(30, 4, 3, 5) + 3.0, batch_size=7)
     size = save_statistics(gaussian, tmp_path / "kept", {"images": {"train/good/a.png": "0" * 32}})
     loaded = load_statistics(tmp_path / "kept")
@@ -115,7 +115,7 @@ def test_kept_statistics_round_trip_exactly_through_a_file(tmp_path) -> None:  #
         assert torch.equal(loaded.state_dict()[name], value), name
 
 
-def test_damaged_kept_statistics_are_refused_naming_the_file(tmp_path) -> None:  # noqa: ANN001
+def test_damaged_kept_statistics_are_refused_naming_the_file(tmp_path) -> None:
     save_statistics(stream(torch.randn(8, 3, 2, 2), batch_size=4), tmp_path / "kept", {})
     tensors = tmp_path / "kept" / "tensors.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:100])
@@ -186,7 +186,7 @@ def _all_reduce_worker(rank: int, world: int, port: int, shards: list[torch.Tens
         dist.destroy_process_group()
 
 
-def test_all_reduce_across_processes_equals_single_fit(tmp_path) -> None:  # noqa: ANN001
+def test_all_reduce_across_processes_equals_single_fit(tmp_path) -> None:
     import socket
 
     with socket.socket() as probe:

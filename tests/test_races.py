@@ -95,7 +95,7 @@ def test_the_lock_admits_one_holder_at_a_time_across_threads(project: Path) -> N
                 most[0] = max(most[0], inside[0])
                 time.sleep(0.2)
                 inside[0] -= 1
-        except Exception as error:  # noqa: BLE001  # reported below
+        except Exception as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=hold) for _ in range(4)]

@@ -59,11 +59,11 @@ def test_mlflow_down_at_registration_is_retried_leaves_the_champion_and_a_rerun_
     with ExitStack() as server:
         server.enter_context(tracking_server(backend, artifacts, tmp_path / "server2.log", port))
 
-        def register_after_the_server_stopped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def register_after_the_server_stopped(*args, **kwargs):
             server.close()  # the run is logged; the version is not yet registered
             return register(*args, **kwargs)
 
-        def counted(self: Registry, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def counted(self: Registry, *args, **kwargs):
             attempts.append(1)
             return log_candidate(self, *args, **kwargs)
 

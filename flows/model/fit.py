@@ -84,8 +84,8 @@ def apply_calibration(model: StreamingPadim, calibration: Calibration) -> None:
     every score the model gives from then on (exports and the MLflow pyfunc included)."""
     post = model.post_processor
     for buffer, value in (
-        (post._image_threshold, calibration.image_threshold),  # noqa: SLF001  # anomalib's buffers
-        (post._pixel_threshold, calibration.pixel_threshold),  # noqa: SLF001
+        (post._image_threshold, calibration.image_threshold),  # anomalib's buffers
+        (post._pixel_threshold, calibration.pixel_threshold),
         (post.image_min, calibration.image_min), (post.image_max, calibration.image_max),
         (post.pixel_min, calibration.pixel_min), (post.pixel_max, calibration.pixel_max),
     ):

@@ -169,7 +169,7 @@ class StatisticsStore:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         kept = self.get(key)
-        assert kept is not None  # noqa: S101  # just written
+        assert kept is not None  # just written
         return kept
 
     def adopt(self, key: str, folder: Path) -> None:
@@ -226,7 +226,7 @@ def refit_statistics(params: LineParams, data: DataVersion, root: Path, work_dir
 def _continue_from(plan: RefitPlan, params: LineParams, root: Path, data: DataVersion, work_dir: Path,
                    store: StatisticsStore) -> StreamingGaussian:
     """The kept statistics less the removed images (read from the base version) plus the added."""
-    assert plan.base is not None  # noqa: S101  # callers check
+    assert plan.base is not None  # callers check
     gaussian = store.load(plan.base)
     if plan.removed:
         base = DataStore(root).pull(params.name, plan.base.data_rev)

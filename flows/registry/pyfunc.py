@@ -26,10 +26,10 @@ from padim_plugin.scoring import score_payload
 class PadimPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the artifact folder named ``model``; scores batches of images."""
 
-    def load_context(self, context: Any) -> None:  # noqa: ANN401
+    def load_context(self, context: Any) -> None:
         self.model = load_artifact(Path(context.artifacts["model"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> dict:  # noqa: ANN401
+    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> dict:
         """Bad input is the client's error (HTTP 400 from the server) with a message naming the item."""
         del context, params
         try:

@@ -196,7 +196,7 @@ class Registry:
         )
         return max(found, key=lambda v: int(v.version)) if found else None
 
-    def load_model(self, line: str, version: str) -> Any:  # noqa: ANN401
+    def load_model(self, line: str, version: str) -> Any:
         """The StreamingPadim inside a registered pyfunc (refused if the pyfunc is a pickle)."""
         self.require_data_only(line, version)
         pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name(line)}/{version}")
@@ -575,7 +575,7 @@ def _example_images(size: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
 
 
-def _signature():  # noqa: ANN202
+def _signature():
     """Named outputs; no input schema, since one cannot say "uint8 pixels or encoded images"."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
@@ -610,11 +610,11 @@ class DVCDatasetSource(DatasetSource):
         raise NotImplementedError("pull a data version with 'padim-mlops data pull LINE --rev REV'")
 
     @staticmethod
-    def _can_resolve(raw_source: Any) -> bool:  # noqa: ANN401
+    def _can_resolve(raw_source: Any) -> bool:
         return False
 
     @classmethod
-    def _resolve(cls, raw_source: Any) -> DVCDatasetSource:  # noqa: ANN401
+    def _resolve(cls, raw_source: Any) -> DVCDatasetSource:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, str]:
