@@ -3,18 +3,28 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# every package pinned by one resolve of pyproject.toml (make lock); uv installs it without resolving
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+EXTRAS := --extra dev --extra mlops --extra team
 
-.PHONY: install test test-fast lint repro bench demo clean stack-up stack-down stack-status
+.PHONY: install lock test test-fast lint repro bench demo clean stack-up stack-down stack-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,mlops,team]'
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(UV) pip install --quiet --python $(BIN)/python -r $(LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# a new resolve after pyproject.toml changed: every pin that still fits it is kept
+lock: | $(BIN)/python
+	$(UV) pip compile pyproject.toml $(EXTRAS) --python-version 3.11 --universal --no-header --quiet -o $(LOCK)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
