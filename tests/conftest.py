@@ -13,6 +13,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Prefect keeps its database, cached results and logs under PREFECT_HOME: never the user's.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="padim-tests-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# a task that fails against a remote is retried at once: the tests wait for no backoff
+os.environ["PADIM_RETRY_DELAYS_S"] = "0,0"
 
 # MLflow and Prefect attach log handlers to the sys.stderr of the moment they are first imported
 # (Prefect lazily: its logging is set up with prefect.main): import them before any test's capsys
