@@ -6,17 +6,17 @@ import argparse
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from padim_plugin.runtime import FORMATS
 
+from .output import quiet_libraries
+
 if TYPE_CHECKING:
     from .registry.audit import Event
 
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)\.")
 # the embedded Prefect server must not try to phone home from machines without internet
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -24,6 +24,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_libraries(args.verbose)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="padim-mlops", description=__doc__)
     parser.add_argument("--root", type=Path, default=Path("."),
                         help="project folder holding params.yaml, .dvc/ and data/ (default: .)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every library's log lines and warnings, not only padim's progress")
     commands = parser.add_subparsers(title="commands")
 
     data = commands.add_parser("data", help="version product-line data with DVC").add_subparsers(

@@ -25,6 +25,10 @@ import prefect.main  # noqa: F401
 import pytest
 from PIL import Image
 
+from flows.output import expect_library_warnings
+
+expect_library_warnings()  # what libraries warn about choices made here on purpose (flows/output.py)
+
 
 class Synthetic:
     """Textured normal images; defects are bright squares with exact masks."""

@@ -33,7 +33,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class KillPoint:
-    target: str  # "module:Attr.path" of a function or method to trap, e.g. "mlflow:register_model"
+    target: str  # "module:Attr.path" of a function or method to trap, e.g. "dvc.repo:Repo.push"
     call: int = 1  # which call of it dies (1 = the first)
     after: bool = False  # die right after that call returns, instead of before it runs
 

@@ -8,8 +8,8 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
-import mlflow
 import pytest
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from flows.cli import main
@@ -55,7 +55,7 @@ def test_mlflow_down_at_registration_is_retried_leaves_the_champion_and_a_rerun_
     assert main(["--root", str(root), "data", "add", "alpha", str(source)]) == 0
 
     attempts = []
-    register, log_candidate = mlflow.register_model, Registry.log_candidate
+    register, log_candidate = MlflowClient.create_model_version, Registry.log_candidate
     with ExitStack() as server:
         server.enter_context(tracking_server(backend, artifacts, tmp_path / "server2.log", port))
 
@@ -67,7 +67,7 @@ def test_mlflow_down_at_registration_is_retried_leaves_the_champion_and_a_rerun_
             attempts.append(1)
             return log_candidate(self, *args, **kwargs)
 
-        monkeypatch.setattr(mlflow, "register_model", register_after_the_server_stopped)
+        monkeypatch.setattr(MlflowClient, "create_model_version", register_after_the_server_stopped)
         monkeypatch.setattr(Registry, "log_candidate", counted)
         [failed] = run_retrain(["alpha"], root=str(root))
     monkeypatch.undo()

@@ -29,7 +29,7 @@ KILL_POINTS = {
     "while-keeping-statistics": KillPoint("padim_plugin.statistics:save_statistics"),
     "during-evaluation": KillPoint("flows.model.evaluate:image_metrics"),
     "during-logging": KillPoint("mlflow.pyfunc:log_model"),
-    "after-registration": KillPoint("mlflow:register_model", after=True),
+    "after-registration": KillPoint("mlflow.tracking.client:MlflowClient.create_model_version", after=True),
     "before-champion-alias-move": KillPoint("mlflow.tracking.client:MlflowClient.set_registered_model_alias",
                                             call=2),
     "after-champion-alias-move": KillPoint("mlflow.tracking.client:MlflowClient.set_registered_model_alias",

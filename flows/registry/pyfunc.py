@@ -29,8 +29,10 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model = load_artifact(Path(context.artifacts["model"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> dict:
-        """Bad input is the client's error (HTTP 400 from the server) with a message naming the item."""
+    def predict(self, context, model_input, params=None):
+        """Bad input is the client's error (HTTP 400 from the server) with a message naming the item.
+        No type hints: MLflow would validate the input against them, and no hint says "pixels or
+        encoded images" (the signature is logged explicitly)."""
         del context, params
         try:
             return score_payload(self.model, model_input)

@@ -40,6 +40,7 @@ from ..data.folders import locked
 from ..data.store import DataVersion
 from ..data.validation import check_line_name
 from ..model.trained import TrainedModel
+from ..output import without_expected_warnings
 from .audit import FINISHED, AuditTrail, Event, actor
 from .gates import DATA_ON_REMOTE, Decision
 from .lineage import Lineage, RoleData, head_commit
@@ -131,7 +132,7 @@ class Registry:
         self.root = Path(root).resolve()
         self.uri = uri or tracking_uri(self.root)
         user_setting = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(self.uri)  # for the fluent API (start_run, log_model, register_model)
+        mlflow.set_tracking_uri(self.uri)  # for the fluent API (start_run, log_model)
         mlflow.set_registry_uri(self.uri)
         # set_tracking_uri also exports it; left there, it would pass for the user's setting and
         # send the next project's Registry in this process to this store
@@ -270,15 +271,11 @@ class Registry:
                 mlflow.log_artifacts(str(statistics), STATISTICS_ARTIFACTS)
             for figure in trained.figures.values():
                 mlflow.log_artifact(figure, "figures")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PYFUNC_CODE),  # models-from-code: a file, not a pickle
-                artifacts={"model": trained.model_path},
-                pip_requirements=_pip_requirements(),
-                signature=_signature(),
-                input_example=_example_images(params.data.image_size),
-            )
-        version = mlflow.register_model(info.model_uri, model_name(line), tags=tags)
+            with without_expected_warnings():  # its warnings about type hints: see flows.output
+                info = self._log_pyfunc(params, trained)
+        self._registered_model(line)
+        version = self.client.create_model_version(model_name(line), info.model_uri, tags=tags,
+                                                   model_id=info.model_id)
         self.client.set_registered_model_alias(model_name(line), CHALLENGER, version.version)
         return Candidate(str(version.version), run.info.run_id, decided=False)
 
@@ -528,6 +525,25 @@ class Registry:
         for run in self.client.search_runs([experiment.experiment_id], filter_string):
             self.client.set_tag(run.info.run_id, f"{TAG}abandoned", "its process stopped before registering")
             self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def _log_pyfunc(self, params: LineParams, trained: TrainedModel) -> Any:
+        """The model as a pyfunc of the active run: models-from-code (a file, not a pickle) around
+        the model artifact, with its pinned requirements, signature and an input example."""
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"model": trained.model_path},
+            pip_requirements=_pip_requirements(),
+            signature=_signature(),
+            input_example=_example_images(params.data.image_size),
+        )
+
+    def _registered_model(self, line: str) -> None:
+        try:
+            self.client.create_registered_model(model_name(line))
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
     def _tag(self, line: str, version: str, **tags: str) -> None:
         for key, value in tags.items():
