@@ -25,10 +25,9 @@ import subprocess
 import sys
 import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from .projects import REPOSITORY
 
 
 @dataclass(frozen=True)

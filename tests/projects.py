@@ -7,8 +7,11 @@ from pathlib import Path
 
 import yaml
 
+from flows.cli import main
 from flows.data.store import DataStore
 from flows.registry.registry import Registry, model_name
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def git(root: Path, *args: str) -> str:
@@ -54,3 +57,21 @@ def lists_line(text: str | None, name: str) -> bool:
     document = yaml.safe_load(text or "")
     lines = document.get("lines") if isinstance(document, dict) else None
     return isinstance(lines, dict) and name in lines
+
+
+def padim(root: Path, *argv: str) -> int:
+    """``padim-mlops --root ROOT ARGV...`` in this process; its exit code."""
+    return main(["--root", str(root), *map(str, argv)])
+
+
+def add_folders(root: Path, line: str, normal: Path | None, defects: Path | None = None,
+                masks: Path | None = None, *flags: str) -> int:
+    """``data add LINE --normal N [--defects D] [--masks M] FLAGS...``: data as a line's arrives."""
+    folders = [(option, folder) for option, folder in (("--normal", normal), ("--defects", defects),
+                                                        ("--masks", masks)) if folder]
+    return padim(root, "data", "add", line, *flags, *[part for pair in folders for part in pair])
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    """Files by name, wherever their role put them (the test data's names are unique)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -17,9 +17,9 @@ import pytest
 from flows.cli import main
 from flows.data.store import SNAPSHOTS, DataStore, DataVersionError
 
-from .conftest import Synthetic, save, write_mvtec_folder
-from .kill import REPOSITORY, KillPoint, assert_killed, run_killed
-from .projects import git, init_project, lists_line, tiny_params
+from ..kill import KillPoint, assert_killed, run_killed
+from ..projects import REPOSITORY, contents, git, init_project, lists_line, tiny_params
+from ..synthetic import Synthetic, save, write_mvtec_folder
 
 PARAMS = tiny_params("alpha", "beta")
 
@@ -39,11 +39,6 @@ def source(base: Path, name: str, seed: int) -> Path:
 
 def add_argv(root: Path, line: str, folder: Path) -> list[str]:
     return ["--root", str(root), "data", "add", line, str(folder)]
-
-
-def contents(folder: Path) -> dict[str, bytes]:
-    """Files by name, wherever their role put them (the test data's names are unique)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def listing(store: DataStore, md5: str) -> dict[str, str]:
@@ -235,7 +230,7 @@ def test_disk_full_while_pulling_leaves_no_half_snapshot(project: DataStore) -> 
               f"{sys.executable} -m flows.cli --root {project.root} data pull alpha; echo rc=$?; "
               f"find {snapshots} -mindepth 2 ! -name '*.lock'")
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=REPOSITORY)
     if result.returncode == 99:
         pytest.skip(f"cannot mount a tmpfs in a mount namespace: {result.stderr.strip()}")
     rev = git(project.root, "rev-parse", "HEAD")

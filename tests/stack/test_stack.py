@@ -28,9 +28,8 @@ from flows.registry.registry import Registry
 from padim_plugin.artifact import TENSORS
 from stack.stack import read_env_file
 
-from .conftest import write_mvtec_folder
-from .kill import REPOSITORY
-from .projects import git, init_project, tiny_params, versions
+from ..projects import REPOSITORY, git, init_project, tiny_params, versions
+from ..synthetic import write_mvtec_folder
 
 pytestmark = pytest.mark.stack
 LINES = ("a", "b", "c")
@@ -100,11 +99,28 @@ def s3_keys(stack: dict[str, str], prefix: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def retrained(project: Path, stack: dict[str, str]) -> Path:
-    with team_environment(stack):
-        assert main(["--root", str(project), "retrain", "--dask-address",
-                     stack["DASK_SCHEDULER_ADDRESS"]]) == 0
+def dask_tasks(project: Path, stack: dict[str, str]) -> list[dict]:
+    """Every line retrained through the stack's Dask scheduler; the tasks its workers ran meanwhile
+    (the scheduler's task stream: key, worker)."""
+    from distributed import Client, get_task_stream
+
+    with team_environment(stack), Client(stack["DASK_SCHEDULER_ADDRESS"], timeout=60) as client, \
+            get_task_stream(client=client) as stream:
+        retrain = ["retrain", "--dask-address", stack["DASK_SCHEDULER_ADDRESS"]]
+        assert main(["--root", str(project), *retrain]) == 0
+        workers = set(client.scheduler_info()["workers"])
+    return [{"key": str(task["key"]), "worker": task["worker"], "workers": workers} for task in stream.data]
+
+
+@pytest.fixture(scope="module")
+def retrained(project: Path, dask_tasks: list[dict]) -> Path:
     return project
+
+
+def test_the_lines_were_retrained_on_the_dask_workers(dask_tasks: list[dict]) -> None:
+    retrains = [task for task in dask_tasks if "retrain" in task["key"].replace("_", " ")]
+    assert len(retrains) == len(LINES) + 1, [task["key"] for task in dask_tasks]  # one task per line
+    assert {task["worker"] for task in retrains} <= retrains[0]["workers"]  # the stack's workers ran them
 
 
 def test_data_add_pushes_each_line_to_s3_with_no_key_in_the_dvc_config(project: Path,
@@ -235,8 +251,37 @@ def test_a_wrong_mlflow_password_is_refused_by_name_before_any_work(
     assert {line: versions(Registry(retrained), line) for line in LINES} == before
 
 
-def test_no_secret_lands_in_files_runs_artifacts_or_logs(retrained: Path, stack: dict[str, str]) -> None:
-    """Run after the flows above (file order): everything they wrote is searched."""
+def stored_objects(stack: dict[str, str]) -> dict[str, str]:
+    """Every object in the stack's bucket (DVC remote and MLflow artifacts), as text."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=stack["AWS_ENDPOINT_URL"])
+    return {f"s3://{BUCKET}/{key}": s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode("latin-1")
+            for key in s3_keys(stack, "")}
+
+
+def database_rows(stack: dict[str, str]) -> dict[str, str]:
+    """Every row of every table of the stack's PostgreSQL databases, as text."""
+    import psycopg2
+
+    state = Path(stack["STATE"])
+    password = read_env_file(state / "credentials.env")["STACK_PG_PASSWORD"]
+    port = json.loads((state / "ports.json").read_text())["postgres"]
+    rows = {}
+    for database in ("mlflow", "mlflow_auth", "prefect"):
+        with psycopg2.connect(host="127.0.0.1", port=port, dbname=database, user="stack",
+                              password=password) as connection, connection.cursor() as cursor:
+            cursor.execute("select table_name from information_schema.tables where table_schema = 'public'")
+            for (table,) in cursor.fetchall():
+                cursor.execute(f'select * from "{table}"')
+                rows[f"postgres {database}.{table}"] = repr(cursor.fetchall())
+    return rows
+
+
+def test_no_secret_lands_in_files_runs_artifacts_objects_rows_or_logs(retrained: Path,
+                                                                       stack: dict[str, str]) -> None:
+    """Everything the data add and the retrain through Dask wrote (and whatever other tests of this
+    module wrote before, in any order) is searched for every secret of the stack."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter
 
@@ -261,7 +306,10 @@ def test_no_secret_lands_in_files_runs_artifacts_or_logs(retrained: Path, stack:
             page = client.read_logs(LogFilter(), limit=200, offset=len(logs))
             logs += [log.message for log in page]
         places["prefect logs"] = "\n".join(logs)
+    objects, rows = stored_objects(stack), database_rows(stack)
+    places |= objects | rows
     leaks = [(name, where) for name, value in secrets.items()
              for where, text in places.items() if value in text]
     assert leaks == []
-    assert len(places) > 50  # files, runs, versions, artifacts and logs were all read
+    assert len(objects) > 75 and len(rows) > 20  # S3 objects and database tables were all read
+    assert len(places) > 150  # files, runs, versions, artifacts, logs, objects and rows

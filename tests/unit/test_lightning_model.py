@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +20,9 @@ from padim_plugin import NotFittedError, StreamingPadim
 from padim_plugin.datamodule import MVTecLayout
 from padim_plugin.gaussian import StreamingGaussian
 
-from .test_export import OPTIONS
-
-REPO = Path(__file__).resolve().parents[1]
+from ..fits import OPTIONS
+from ..projects import REPOSITORY
+from ..serving import free_port
 
 
 def small_model(**kwargs: object) -> StreamingPadim:
@@ -112,12 +111,6 @@ def test_empty_training_set_is_an_error(tmp_path: Path) -> None:
         engine_for(tmp_path).fit(model=small_model(), datamodule=MVTecLayout(tmp_path / "line"))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_plain_ddp_is_refused_with_a_pointer_to_ddp_streaming(
     tmp_path: Path, tiny_line: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,7 +137,7 @@ def test_two_gloo_processes_give_the_same_model_as_one(tiny_line: Path, tmp_path
         out = tmp_path / f"fit{devices}.pt"
         env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
         env["MASTER_PORT"] = str(free_port())
-        subprocess.run([sys.executable, str(REPO / "tests" / "ddp_fit.py"), str(tiny_line), str(out),
+        subprocess.run([sys.executable, str(REPOSITORY / "tests" / "ddp_fit.py"), str(tiny_line), str(out),
                         str(devices), json.dumps(options)], check=True, cwd=tmp_path, timeout=600, env=env)
         saved = torch.load(out)
         gaussian = StreamingGaussian()

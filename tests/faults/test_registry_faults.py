@@ -16,9 +16,9 @@ from flows.cli import main
 from flows.registry.registry import Registry
 from flows.retrain import run_retrain
 
-from .conftest import write_mvtec_folder
-from .projects import init_project, tiny_params, versions
-from .serving import free_port, tracking_server
+from ..projects import init_project, tiny_params, versions
+from ..serving import free_port, tracking_server
+from ..synthetic import write_mvtec_folder
 
 PARAMS = tiny_params("alpha")
 

@@ -18,9 +18,9 @@ import pytest
 from flows.cli import main
 from flows.registry.registry import CHALLENGER, CHAMPION, Registry, model_name
 
-from .conftest import write_mvtec_folder
-from .kill import KillPoint, assert_killed, run_killed
-from .projects import init_project, tiny_params, versions
+from ..kill import KillPoint, assert_killed, run_killed
+from ..projects import init_project, tiny_params, versions
+from ..synthetic import write_mvtec_folder
 
 # the steps of retrain_product_line, in order, with where the process dies
 KILL_POINTS = {

@@ -9,7 +9,7 @@ import torch
 from padim_plugin import StreamingPadimModel
 from padim_plugin.gaussian import StreamingGaussian
 
-from .test_gaussian import stream
+from ..fits import stream
 
 GRID = (5, 6)
 

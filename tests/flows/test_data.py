@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cli import main
 from flows.config import load_params
 from flows.data.store import DataStore, DataVersionError
 from flows.data.validation import DataValidationError, check_line_name, validate_line
 from padim_plugin.mvtec import mvtec_samples
 
-from .conftest import write_mvtec_folder
-from .mtd import MTD
-from .projects import git, init_project
+from ..mtd import MTD
+from ..projects import contents, git, init_project, padim
+from ..synthetic import write_mvtec_folder
 
 PARAMS = """\
 defaults:
@@ -36,13 +35,8 @@ def files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def contents(folder: Path) -> dict[str, bytes]:
-    """Files by name, wherever their role put them (the test data's names are unique)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def add(store: DataStore, line: str, source: Path, *extra: str) -> int:
-    return main(["--root", str(store.root), "data", "add", line, str(source), *extra])
+    return padim(store.root, "data", "add", line, source, *extra)
 
 
 def test_add_push_then_pull_into_a_clean_clone_restores_identical_files(project: DataStore,

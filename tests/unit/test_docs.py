@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from ..projects import REPOSITORY
+
 DOCUMENTS = [REPOSITORY / "README.md", REPOSITORY / "bench" / "README.md",
              *sorted((REPOSITORY / "docs").glob("*.md"))]
 PATH = re.compile(r"`((?:flows|padim_plugin|tests|bench|stack|docs)/[\w./-]+)`")

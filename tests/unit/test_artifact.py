@@ -12,28 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.config import LineParams
 from flows.model.build import save_model
-from flows.model.fit import fit_line
 from padim_plugin.artifact import MANIFEST, TENSORS, ArtifactError, load_artifact
 from padim_plugin.scoring import raw_image_threshold, score_arrays
 
-from .conftest import write_mvtec_folder
-from .test_export import OPTIONS
-
-PARAMS = LineParams(name="line", model={"n_features": 8},
-                    data={"image_size": 64, "train_batch_size": 4, "eval_batch_size": 4})
+from ..fits import TINY, Fit
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, np.ndarray]:
-    base = tmp_path_factory.mktemp("artifact")
-    line = write_mvtec_folder(base / "line", 10, 3, 3, n_validation=3)
-    model, _ = fit_line(PARAMS, line, base / "work")
-    folder = save_model(model, PARAMS, base / "model", data_md5="abc.dir")
-    files = sorted((line / "test").rglob("*.png"))
-    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
-    return model, folder, images
+def fitted(tiny_fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, np.ndarray]:
+    folder = tmp_path_factory.mktemp("artifact") / "model"
+    save_model(tiny_fit.model, TINY, folder, data_md5="abc.dir")
+    return tiny_fit.model, folder, tiny_fit.pixels
 
 
 def copy_of(folder: Path, tmp_path: Path) -> Path:
@@ -57,7 +47,7 @@ def test_the_image_score_rule_travels_with_the_artifact(fitted: tuple, tmp_path:
     model, folder, images = fitted
     model.model.top_k_percent = 2.0
     try:
-        loaded = load_artifact(save_model(model, PARAMS, tmp_path / "top_k"))
+        loaded = load_artifact(save_model(model, TINY, tmp_path / "top_k"))
         assert loaded.model.top_k_percent == 2.0
         np.testing.assert_array_equal(score_arrays(loaded, images)["pred_score"],
                                       score_arrays(model, images)["pred_score"])
@@ -66,18 +56,15 @@ def test_the_image_score_rule_travels_with_the_artifact(fitted: tuple, tmp_path:
     assert load_artifact(folder).model.top_k_percent is None
 
 
-def test_accuracy_options_travel_with_the_artifact(tmp_path: Path) -> None:
+def test_accuracy_options_travel_with_the_artifact(tiny_fit_with_options: Fit, tmp_path: Path) -> None:
     """Projection, measured cell centres and pooling are restored from the artifact, not re-made."""
-    options = PARAMS.model_copy(update={"model": PARAMS.model.model_copy(update=OPTIONS)})
-    line = write_mvtec_folder(tmp_path / "line", 10, 3, 3, n_validation=3)
-    model, _ = fit_line(options, line, tmp_path / "work")
-    loaded = load_artifact(save_model(model, options, tmp_path / "model"))
+    model = tiny_fit_with_options.model
+    loaded = load_artifact(save_model(model, tiny_fit_with_options.params, tmp_path / "model"))
     core = loaded.model
     assert (core.align_maps, core.channel_reduction, core.pooling) == (True, "projection", "neighbourhood")
     assert torch.equal(core.projection, model.model.projection)
     assert torch.equal(core.cell_offsets, model.model.cell_offsets)
-    files = sorted((line / "test").rglob("*.png"))
-    images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in files])
+    images = tiny_fit_with_options.pixels
     expected, actual = score_arrays(model, images), score_arrays(loaded, images)
     for key in ("pred_score", "pred_label", "anomaly_map"):
         assert np.array_equal(expected[key], actual[key]), key

@@ -13,45 +13,27 @@ import pytest
 import torch
 from anomalib.deploy import CompressionType, ExportType
 from anomalib.engine import Engine
-from PIL import Image
 
-from flows.config import LineParams
-from flows.model.fit import fit_line
 from padim_plugin import StreamingPadim
 from padim_plugin.exported import compare_with_torch, export_model, raw_errors, raw_outputs
 from padim_plugin.runtime import ExportedModel
 
-from .conftest import write_mvtec_folder
-from .mtd import MTD, fitted_on_mtd, mtd_images, mtd_model
+from ..fits import Fit
+from ..mtd import MTD, fitted_on_mtd, mtd_images, mtd_model
 
-PARAMS = LineParams(name="line", model={"n_features": 8},
-                    data={"image_size": 64, "train_batch_size": 4, "eval_batch_size": 4})
 Fitted = tuple[StreamingPadim, np.ndarray]  # a calibrated model, its line's test images (N, 3, H, W) 0..1
 
 
-OPTIONS = {"align_maps": True, "channel_reduction": "projection", "pooling": "neighbourhood"}
-
-
-def fit_tiny_line(base: Path, params: LineParams) -> Fitted:
-    line = write_mvtec_folder(base / "line", 10, 3, 3, n_validation=3)
-    model, _ = fit_line(params, line, base / "work")
-    files = sorted((line / "test").rglob("*.png"))
-    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
-    return model.cpu().eval(), images.transpose(0, 3, 1, 2).astype(np.float32) / 255
-
-
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
+def fitted(tiny_fit: Fit) -> Fitted:
     """A calibrated model and its line's test images as an exported model takes them."""
-    return fit_tiny_line(tmp_path_factory.mktemp("export"), PARAMS)
+    return tiny_fit.model, tiny_fit.inputs
 
 
 @pytest.fixture(scope="module")
-def fitted_with_options(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
+def fitted_with_options(tiny_fit_with_options: Fit) -> Fitted:
     """The same with aligned maps, a projection and pooled Gaussians."""
-    model = PARAMS.model.model_copy(update=OPTIONS)
-    params = PARAMS.model_copy(update={"model": model})
-    return fit_tiny_line(tmp_path_factory.mktemp("export_options"), params)
+    return tiny_fit_with_options.model, tiny_fit_with_options.inputs
 
 
 @pytest.mark.parametrize("export_format", ["onnx", "openvino"])

@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 import tomllib
 from importlib import metadata
-from pathlib import Path
 
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from ..projects import REPOSITORY
 
 
 def pins() -> dict[str, str]:

@@ -22,9 +22,9 @@ from flows.data.store import DataStore
 from flows.registry.gates import decide
 from flows.registry.registry import Registry, model_name
 
-from .conftest import write_flat_folders, write_mvtec_folder
-from .projects import git, init_project, versions
-from .serving import mlflow_server
+from ..projects import add_folders, git, init_project, versions
+from ..serving import mlflow_server
+from ..synthetic import write_flat_folders, write_mvtec_folder
 
 PARAMS = """\
 defaults:
@@ -39,6 +39,7 @@ defaults:
 lines:
   alpha: {}
   beta: {}
+  pickled: {}
 """
 STRICTER = """\
   broken:
@@ -51,7 +52,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> 
     base = tmp_path_factory.mktemp("flows")
     root = base / "project"
     init_project(root, base / "remote", PARAMS)
-    for seed, line in enumerate(("alpha", "beta", "broken")):
+    for seed, line in enumerate(("alpha", "beta", "broken", "pickled")):
         source = write_mvtec_folder(base / f"{line}_v1", 8, 4, 4, seed=seed, n_validation=4)
         assert main(["--root", str(root), "data", "add", line, str(source)]) == 0
     (root / "params.yaml").write_text(PARAMS + STRICTER)
@@ -65,8 +66,24 @@ def retrain(root: Path, *lines: str, extra: tuple[str, ...] = ()) -> int:
 
 @pytest.fixture(scope="module")
 def first_run(project: Path) -> Path:
-    assert retrain(project) == 1  # 'broken' fails, the other two finish
+    assert retrain(project) == 1  # 'broken' fails, the others finish
     return project
+
+
+@pytest.fixture(scope="module")
+def worse_alpha(first_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """alpha's second data version: the same test images, but a training set contaminated with
+    defects the model then learns; retrained."""
+    worse = tmp_path_factory.mktemp("worse") / "alpha_v2"
+    shutil.copytree(first_run / "data" / "alpha", worse)
+    spots = sorted((worse / "test" / "spot").iterdir())
+    for index, image in enumerate(sorted((worse / "train" / "good").iterdir())):
+        pixels = np.asarray(Image.open(spots[index % len(spots)])).copy()
+        pixels[0, 0] = index  # each a distinct file: identical ones would be imported once
+        Image.fromarray(pixels).save(image)
+    assert main(["--root", str(first_run), "data", "add", "alpha", str(worse)]) == 0
+    assert retrain(first_run, "alpha") == 0
+    return first_run
 
 
 def test_retrain_registers_champions_and_reports_the_failing_line(first_run: Path) -> None:
@@ -141,18 +158,8 @@ def test_unchanged_rerun_reuses_the_registered_versions_without_fitting(first_ru
     assert str(registry.champion("alpha").version) == "1"
 
 
-def test_worse_data_version_stays_challenger_with_its_reason(first_run: Path, tmp_path: Path) -> None:
-    # the same test images, but a training set contaminated with defects the model then learns
-    worse = tmp_path / "alpha_v2"
-    shutil.copytree(first_run / "data" / "alpha", worse)
-    spots = sorted((worse / "test" / "spot").iterdir())
-    for index, image in enumerate(sorted((worse / "train" / "good").iterdir())):
-        pixels = np.asarray(Image.open(spots[index % len(spots)])).copy()
-        pixels[0, 0] = index  # each a distinct file: identical ones would be imported once
-        Image.fromarray(pixels).save(image)
-    assert main(["--root", str(first_run), "data", "add", "alpha", str(worse)]) == 0
-    assert retrain(first_run, "alpha") == 0
-    registry = Registry(first_run)
+def test_worse_data_version_stays_challenger_with_its_reason(worse_alpha: Path) -> None:
+    registry = Registry(worse_alpha)
     assert str(registry.champion("alpha").version) == "1"
     challenger = registry.challenger("alpha")
     assert str(challenger.version) == "2"
@@ -160,7 +167,8 @@ def test_worse_data_version_stays_challenger_with_its_reason(first_run: Path, tm
     assert "worse than champion v1's" in challenger.tags["padim.reason"]
 
 
-def test_promote_and_rollback_by_hand(first_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_promote_and_rollback_by_hand(worse_alpha: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first_run = worse_alpha
     registry = Registry(first_run)
     gate_reason = registry.version("alpha", "2").tags["padim.gate.reason"]
     promote = ["--root", str(first_run), "promote", "alpha", "2", "--reason", "accepted by QA"]
@@ -323,17 +331,10 @@ def test_unknown_gate_metrics_are_refused_by_name(tmp_path: Path) -> None:
         load_params(tmp_path / "params.yaml")
 
 
-def add_flat(root: Path, line: str, normal: Path, defects: Path | None, masks: Path | None) -> int:
-    args = ["--root", str(root), "data", "add", line, "--normal", str(normal)]
-    args += ["--defects", str(defects)] if defects else []
-    args += ["--masks", str(masks)] if masks else []
-    return main(args)
-
-
 def test_line_without_masks_gets_image_metrics_at_the_validation_threshold(first_run: Path,
                                                                            tmp_path: Path) -> None:
     normal, defects, _ = write_flat_folders(tmp_path / "nomask", 40, 16, masks=False, seed=7)
-    assert add_flat(first_run, "nomask", normal, defects, None) == 0
+    assert add_folders(first_run, "nomask", normal, defects, None) == 0
     assert retrain(first_run, "nomask") == 0
     registry = Registry(first_run)
     version = registry.challenger("nomask")
@@ -357,7 +358,7 @@ def test_line_without_masks_gets_image_metrics_at_the_validation_threshold(first
 def test_normal_only_line_is_refused_by_name_then_promoted_by_its_own_gate(first_run: Path,
                                                                            tmp_path: Path) -> None:
     normal, _, _ = write_flat_folders(tmp_path / "plain", 50, 0, seed=8)
-    assert add_flat(first_run, "plain", normal, None, None) == 0
+    assert add_folders(first_run, "plain", normal, None, None) == 0
     assert retrain(first_run, "plain") == 0
     registry = Registry(first_run)
     first = registry.challenger("plain")
@@ -389,22 +390,23 @@ class PickledPyfunc(mlflow.pyfunc.PythonModel):
 def test_a_pickled_champion_is_never_loaded_to_compare_or_score(first_run: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     registry = Registry(first_run)
-    with mlflow.start_run(experiment_id=registry._experiment("beta")):
+    with mlflow.start_run(experiment_id=registry._experiment("pickled")):
         info = mlflow.pyfunc.log_model(name="model", python_model=PickledPyfunc())
-    old = mlflow.register_model(info.model_uri, model_name("beta"))
-    registry.client.set_registered_model_alias(model_name("beta"), "champion", old.version)
+    old = mlflow.register_model(info.model_uri, model_name("pickled"))
+    registry.client.set_registered_model_alias(model_name("pickled"), "champion", old.version)
     extra, _, _ = write_flat_folders(tmp_path / "more", 6, 0, seed=9)
     for image in extra.iterdir():
         image.rename(image.with_name(f"week2-{image.name}"))
-    assert main(["--root", str(first_run), "data", "add", "beta", "--append", "--normal", str(extra)]) == 0
-    assert retrain(first_run, "beta") == 0
-    assert str(registry.champion("beta").version) == str(old.version)
-    assert registry.challenger("beta").tags["padim.reason"] == (
-        f"padim-beta v{old.version} is a pickled model (registered before the data-only format); it is not"
+    assert main(["--root", str(first_run), "data", "add", "pickled", "--append", "--normal", str(extra)]) == 0
+    assert retrain(first_run, "pickled") == 0
+    assert str(registry.champion("pickled").version) == str(old.version)
+    assert registry.challenger("pickled").tags["padim.reason"] == (
+        f"padim-pickled v{old.version} is a pickled model (registered before the data-only format); it is not"
         " loaded, since loading it would run its code, so it cannot be re-scored on this data; compare and"
         " promote by hand")
-    images = first_run / "data" / "beta" / "test"
-    assert main(["--root", str(first_run), "predict", "beta", str(images), "--out", str(tmp_path / "o")]) == 1
+    images = first_run / "data" / "pickled" / "test"
+    predict = ["predict", "pickled", str(images), "--out", str(tmp_path / "o")]
+    assert main(["--root", str(first_run), *predict]) == 1
     assert "is a pickled model" in capsys.readouterr().err
 
 

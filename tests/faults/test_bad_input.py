@@ -1,7 +1,7 @@
 """Bad input, catalogued: every input a user gives (command line, params.yaml, revisions, line
 names) is refused with a message naming the argument, key, file or value at fault, and changes
-nothing. Image files have their own tests (tests/test_images.py, tests/test_data.py,
-tests/test_roles.py); the README's "What bad input gets" lists them all.
+nothing. Image files have their own tests (tests/unit/test_images.py, tests/flows/test_data.py,
+tests/flows/test_roles.py); the README's "What bad input gets" lists them all.
 
 Nothing here fits a model: every case fails before one would be needed.
 """
@@ -17,8 +17,8 @@ from flows.config import load_params
 from flows.data.store import DataStore
 from flows.registry.registry import Registry, model_name
 
-from .conftest import write_mvtec_folder
-from .projects import git, init_project
+from ..projects import git, init_project
+from ..synthetic import write_mvtec_folder
 
 PARAMS = """\
 defaults:

@@ -14,7 +14,7 @@ from flows.data.validation import DataValidationError, validate_line
 from padim_plugin.datamodule import MVTecLayoutDataset
 from padim_plugin.images import ImageDecodeError, decode_image
 
-from .conftest import write_mvtec_folder
+from ..synthetic import write_mvtec_folder
 
 RNG = np.random.default_rng(0)
 GREY = RNG.integers(0, 256, (24, 32), dtype=np.uint8)

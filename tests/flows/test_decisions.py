@@ -17,12 +17,11 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from flows.cli import main
 from flows.data.store import DataStore
 from flows.registry.registry import Registry, model_name
 
-from .conftest import write_mvtec_folder
-from .projects import git, init_project, tiny_params, versions
+from ..projects import git, init_project, padim, tiny_params, versions
+from ..synthetic import write_mvtec_folder
 
 # tiny lines on the F1 rule (tiny_params), and lines that each show one decision
 PARAMS = tiny_params("alpha", "solo") + """\
@@ -38,10 +37,6 @@ PARAMS = tiny_params("alpha", "solo") + """\
 LINES = ("alpha", "solo", "weak", "gated", "refused", "budget")
 
 
-def cli(root: Path, *argv: str) -> int:
-    return main(["--root", str(root), *argv])
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Path:
     """Every line added and retrained once."""
@@ -49,9 +44,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> 
     root = base / "project"
     init_project(root, base / "remote", PARAMS)
     for seed, line in enumerate(LINES):
-        assert cli(root, "data", "add", line, str(write_mvtec_folder(base / line, 8, 4, 4, seed=seed,
+        assert padim(root, "data", "add", line, str(write_mvtec_folder(base / line, 8, 4, 4, seed=seed,
                                                                      n_validation=4))) == 0
-    assert cli(root, "retrain") == 0
+    assert padim(root, "retrain") == 0
     return root
 
 
@@ -87,8 +82,8 @@ def test_the_champion_rescored_on_new_data_is_a_run_of_its_own_linked_from_the_d
     extra = write_mvtec_folder(tmp_path / "more", 4, 2, 2, seed=11, n_validation=1)
     for image in extra.rglob("*.png"):
         image.rename(image.with_name(f"w2-{image.name}"))
-    assert cli(project, "data", "add", "alpha", "--append", "--normal", str(extra / "train" / "good")) == 0
-    assert cli(project, "retrain", "alpha") == 0
+    assert padim(project, "data", "add", "alpha", "--append", "--normal", str(extra / "train" / "good")) == 0
+    assert padim(project, "retrain", "alpha") == 0
     gate = [event for event in registry.history("alpha") if event.action == "gate"][-1]
     assert gate.version == "2" and gate.links["candidate_run"] == registry.version("alpha", "2").run_id
     rescored = registry.client.get_run(gate.links["champion_run"])
@@ -108,10 +103,10 @@ def test_promote_without_a_reason_or_over_failed_gates_is_refused_and_writes_not
     registry = Registry(project)
     before = registry_state(registry, "weak")
     with pytest.raises(SystemExit) as usage:
-        cli(project, "promote", "weak", "1")
+        padim(project, "promote", "weak", "1")
     assert usage.value.code == 2
     assert "the following arguments are required: --reason" in capsys.readouterr().err
-    assert cli(project, "promote", "weak", "1", "--reason", "looks fine to me") == 1
+    assert padim(project, "promote", "weak", "1", "--reason", "looks fine to me") == 1
     assert ("padim-weak v1 failed its gates (image_auroc >= 1.5): image_auroc 1.0000 below floor 1.5; give"
             " --override-gates") in capsys.readouterr().err
     assert registry_state(registry, "weak") == before
@@ -120,13 +115,13 @@ def test_promote_without_a_reason_or_over_failed_gates_is_refused_and_writes_not
 def test_an_override_records_the_gates_it_overrode_and_keeps_the_gates_verdict(project: Path) -> None:
     registry = Registry(project)
     gate_reason = registry.version("weak", "1").tags["padim.gate.reason"]
-    assert cli(project, "promote", "weak", "1", "--reason", "QA accepts", "--override-gates") == 0
+    assert padim(project, "promote", "weak", "1", "--reason", "QA accepts", "--override-gates") == 0
     event = registry.history("weak")[-1]
     assert (event.action, event.outcome, event.overridden) == ("promote", "champion", ["image_auroc >= 1.5"])
     assert (event.reason, event.by) == ("QA accepts", getpass.getuser())
     tags = registry.version("weak", "1").tags
     assert tags["padim.gate"] == "failed" and tags["padim.gate.reason"] == gate_reason
-    assert cli(project, "promote", "weak", "1", "--reason", "again", "--override-gates") == 0
+    assert padim(project, "promote", "weak", "1", "--reason", "again", "--override-gates") == 0
     promotions = [event.reason for event in registry.history("weak") if event.action == "promote"]
     assert promotions[-2:] == ["QA accepts", "again"]
 
@@ -135,10 +130,10 @@ def test_demote_removes_a_champion_that_replaced_none(project: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     registry = Registry(project)
     assert str(registry.champion("solo").version) == "1"
-    assert cli(project, "rollback", "solo", "--reason", "promoted by mistake") == 1
+    assert padim(project, "rollback", "solo", "--reason", "promoted by mistake") == 1
     assert "replaced no earlier champion: 'padim-mlops demote solo --reason ...' removes it" in (
         capsys.readouterr().err)
-    assert cli(project, "demote", "solo", "--reason", "promoted by mistake") == 0
+    assert padim(project, "demote", "solo", "--reason", "promoted by mistake") == 0
     assert registry.champion("solo") is None
     event = registry.history("solo")[-1]
     assert (event.action, event.champion_before, event.champion_after, event.reason) == (
@@ -153,7 +148,7 @@ def test_under_approval_a_passing_candidate_waits_until_approved(project: Path) 
     assert registry.champion("gated") is None and str(registry.alias("gated", "pending").version) == "1"
     result = retrain_product_line("gated", root=str(project), approval_timeout_s=2)  # the flow waits, in vain
     assert result.decision == "pending" and registry.champion("gated") is None
-    assert cli(project, "approve", "gated", "1", "--reason", "heatmaps reviewed") == 0
+    assert padim(project, "approve", "gated", "1", "--reason", "heatmaps reviewed") == 0
     assert str(registry.champion("gated").version) == "1" and registry.alias("gated", "pending") is None
     assert [(e.action, e.outcome) for e in registry.history("gated")] == [("gate", "pending"),
                                                                           ("approve", "champion")]
@@ -161,10 +156,10 @@ def test_under_approval_a_passing_candidate_waits_until_approved(project: Path) 
 
 def test_a_rejected_candidate_stays_challenger_and_says_so(project: Path) -> None:
     registry = Registry(project)
-    assert cli(project, "reject", "refused", "1", "--reason", "stains missed on the heatmaps") == 0
+    assert padim(project, "reject", "refused", "1", "--reason", "stains missed on the heatmaps") == 0
     assert registry.champion("refused") is None and registry.alias("refused", "pending") is None
     assert registry.version("refused", "1").tags["padim.decision"] == "rejected"
-    assert cli(project, "approve", "refused", "1", "--reason", "changed my mind") == 1  # no longer pending
+    assert padim(project, "approve", "refused", "1", "--reason", "changed my mind") == 1  # no longer pending
 
 
 def test_a_dirty_tree_is_refused_and_a_dirty_version_is_never_promoted_automatically(
@@ -175,10 +170,10 @@ def test_a_dirty_tree_is_refused_and_a_dirty_version_is_never_promoted_automatic
     params.write_text(committed.replace("  solo: {}", "  solo: {model: {seed: 3}}"))
     try:
         before = versions(registry, "solo")
-        assert cli(project, "retrain", "solo") == 1
+        assert padim(project, "retrain", "solo") == 1
         assert "uncommitted changes to params.yaml" in capsys.readouterr().err
         assert versions(registry, "solo") == before
-        assert cli(project, "retrain", "solo", "--allow-dirty") == 0
+        assert padim(project, "retrain", "solo", "--allow-dirty") == 0
         dirty = registry.version("solo", versions(registry, "solo")[-1])
         assert dirty.tags["padim.dirty"] == "true" and dirty.tags["padim.decision"] == "challenger"
         assert "fitted from uncommitted changes (params.yaml)" in dirty.tags["padim.reason"]
@@ -212,7 +207,7 @@ def test_status_shows_each_role_with_its_operating_point_and_the_last_decision(
         project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     registry = Registry(project)
     capsys.readouterr()
-    assert cli(project, "status", "budget") == 0
+    assert padim(project, "status", "budget") == 0
     out = capsys.readouterr().out.splitlines()
     challenger = registry.challenger("budget")
     metrics = registry.run_metrics(challenger.run_id)
@@ -226,7 +221,7 @@ def test_status_shows_each_role_with_its_operating_point_and_the_last_decision(
 
 def test_history_prints_every_event_oldest_first(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
-    assert cli(project, "history", "alpha") == 0
+    assert padim(project, "history", "alpha") == 0
     rows = capsys.readouterr().out.splitlines()
     assert len(rows) == len(Registry(project).history("alpha")) >= 1
     assert " gate     v1    champion    @champion none -> v1" in rows[0]
@@ -238,7 +233,7 @@ def test_history_prints_every_event_oldest_first(project: Path, capsys: pytest.C
 def small_project(tmp_path: Path, prefect_harness: None) -> Path:
     root = tmp_path / "project"
     init_project(root, tmp_path / "remote", tiny_params("tiles"))
-    assert cli(root, "data", "add", "tiles", str(write_mvtec_folder(tmp_path / "v1", 8, 4, 4,
+    assert padim(root, "data", "add", "tiles", str(write_mvtec_folder(tmp_path / "v1", 8, 4, 4,
                                                                     n_validation=4))) == 0
     return root
 
@@ -268,7 +263,7 @@ def test_data_add_refuses_a_missing_or_unreachable_remote_and_writes_nothing(
         image.rename(image.with_name(f"x-{image.name}"))
     capsys.readouterr()
     append = ["data", "add", "tiles", "--append", "--normal", str(extra / "train" / "good")]
-    assert cli(small_project, *append) == 1
+    assert padim(small_project, *append) == 1
     err = capsys.readouterr().err
     assert f"the DVC remote 'default' ({named})" in err
     assert ("does not exist" if fault == "folder moved away" else "is unreachable") in err
@@ -279,8 +274,8 @@ def test_data_add_refuses_a_missing_or_unreachable_remote_and_writes_nothing(
 def test_a_new_remote_folder_is_made_only_when_asked(small_project: Path, tmp_path: Path) -> None:
     (tmp_path / "remote").rename(tmp_path / "moved")
     fresh = write_mvtec_folder(tmp_path / "v2", 8, 4, 4, seed=3, n_validation=4)
-    assert cli(small_project, "data", "add", "tiles", str(fresh)) == 1
-    assert cli(small_project, "data", "add", "tiles", str(fresh), "--create-remote") == 0
+    assert padim(small_project, "data", "add", "tiles", str(fresh)) == 1
+    assert padim(small_project, "data", "add", "tiles", str(fresh), "--create-remote") == 0
     assert DataStore(small_project).missing_on_remote("tiles", "HEAD") == []
 
 
@@ -291,14 +286,14 @@ def test_a_champion_waits_until_its_data_is_on_the_remote(small_project: Path, t
                    check=True, capture_output=True)
     git(small_project, "commit", "-qam", "the team's remote")
     registry = Registry(small_project)
-    assert cli(small_project, "retrain", "tiles") == 0
+    assert padim(small_project, "retrain", "tiles") == 0
     assert registry.champion("tiles") is None
     reason = registry.challenger("tiles").tags["padim.reason"]
     assert "are not on the DVC remote 'team'" in reason and "dvc push -r team -A data/tiles.dvc" in reason
-    assert cli(small_project, "promote", "tiles", "1", "--reason", "r", "--override-gates") == 1
+    assert padim(small_project, "promote", "tiles", "1", "--reason", "r", "--override-gates") == 1
     subprocess.run([dvc, "push", "-r", "team", "-A", "data/tiles.dvc"], cwd=small_project, check=True,
                    capture_output=True)
-    assert cli(small_project, "retrain", "tiles") == 0
+    assert padim(small_project, "retrain", "tiles") == 0
     assert str(registry.champion("tiles").version) == "1" and versions(registry, "tiles") == ["1"]
     assert [event.outcome for event in registry.history("tiles")] == ["challenger", "champion"]
 
@@ -318,7 +313,7 @@ def test_data_add_commits_only_what_it_writes_and_leaves_other_edits_byte_for_by
     (small_project / "notes.txt").write_text("untracked notes")
     before = git(small_project, "rev-parse", "HEAD")
     new_line = write_mvtec_folder(tmp_path / "n", 8, 4, 4, n_validation=4)
-    assert cli(small_project, "data", "add", "newline", str(new_line)) == 0
+    assert padim(small_project, "data", "add", "newline", str(new_line)) == 0
     changed = git(small_project, "diff", "--name-only", before, "HEAD").splitlines()
     assert sorted(changed) == ["data/.gitignore", "data/newline.dvc", "params.yaml"]
     assert git(small_project, "show", "HEAD:params.yaml") == (committed + "  newline: {}\n").rstrip("\n")

@@ -11,15 +11,14 @@ import torch
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from flows.config import LineParams
 from flows.model.evaluate import image_metrics
 from flows.model.fit import fit_line
 from flows.model.thresholds import choose_threshold, f1_optimal_threshold
 
-from .conftest import write_mvtec_folder
+from ..fits import TINY
+from ..synthetic import write_mvtec_folder
 
-PARAMS = LineParams(name="line", model={"n_features": 8},
-                    data={"image_size": 64, "train_batch_size": 4, "eval_batch_size": 4})
+PARAMS = TINY
 
 
 def test_f1_optimal_threshold_reaches_the_best_f1_of_any_cut() -> None:

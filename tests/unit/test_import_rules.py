@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from ..projects import REPOSITORY
 
 
 def module_name(path: Path) -> str:

@@ -14,10 +14,9 @@ import pytest
 from flows.cli import main
 from flows.data.store import DataStore
 
-from .conftest import write_mvtec_folder
-from .projects import init_project
+from ..projects import REPOSITORY, init_project
+from ..synthetic import write_mvtec_folder
 
-REPO = Path(__file__).resolve().parents[1]
 PARAMS = """\
 defaults:
   model: {n_features: 8}
@@ -43,8 +42,8 @@ def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
     root = tmp_path / "project"
     root.mkdir()
     for part in ("padim_plugin", "flows"):
-        shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root)
+        shutil.copytree(REPOSITORY / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPOSITORY / "dvc.yaml", root)
     init_project(root, tmp_path / "remote", PARAMS)
     source = write_mvtec_folder(tmp_path / "src", 8, 3, 3, n_validation=3)
     assert main(["--root", str(root), "data", "add", "tiny", str(source)]) == 0

@@ -21,12 +21,11 @@ from flows.cli import main
 from flows.registry.lock import LineLock, LockLostError, LockTimeoutError, lock_prefix
 from flows.registry.registry import Registry, model_name
 
-from .conftest import write_mvtec_folder
-from .projects import init_project, tiny_params, versions
-from .serving import tracking_server
+from ..projects import REPOSITORY, init_project, tiny_params, versions
+from ..serving import tracking_server
+from ..synthetic import write_mvtec_folder
 
 PARAMS = tiny_params("alpha")
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=["sqlite", "server"])

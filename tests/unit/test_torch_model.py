@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from padim_plugin import NotFittedError, StreamingPadimModel
 from padim_plugin.mvtec import mvtec_samples
 
-from .mtd import MTD
+from ..mtd import MTD
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

@@ -15,8 +15,8 @@ from flows.config import SplitParams
 from flows.data.roles import ROLES, assign_role, image_key
 from flows.data.store import DataStore
 
-from .conftest import write_flat_folders, write_mvtec_folder
-from .projects import git, init_project
+from ..projects import add_folders, git, init_project
+from ..synthetic import write_flat_folders, write_mvtec_folder
 
 PARAMS = """\
 defaults:
@@ -41,10 +41,7 @@ def roles(store: DataStore, line: str, rev: str | None = None) -> dict[str, str]
 
 def data_add(store: DataStore, line: str, normal: Path | None, defects: Path | None = None,
              masks: Path | None = None, *flags: str) -> int:
-    args = ["--root", str(store.root), "data", "add", line, *flags]
-    for option, folder in (("--normal", normal), ("--defects", defects), ("--masks", masks)):
-        args += [option, str(folder)] if folder else []
-    return main(args)
+    return add_folders(store.root, line, normal, defects, masks, *flags)
 
 
 def test_role_shares_follow_the_fractions_and_defects_never_train() -> None:

@@ -10,8 +10,8 @@ from flows.cli import main
 from flows.registry.gates import false_alarm_ceiling
 from flows.registry.registry import Registry
 
-from .mtd import MTD, mtd_flat_folders
-from .projects import init_project
+from ..mtd import MTD, mtd_flat_folders
+from ..projects import init_project
 
 PARAMS = """\
 defaults:

@@ -18,9 +18,9 @@ from flows.registry.registry import TUNING_TABLE, Registry
 from flows.tune import GridPoint, auroc_standard_error, best, grid_size, score_options
 from padim_plugin import StreamingPadimModel
 
-from .conftest import write_mvtec_folder
-from .mtd import load_images
-from .projects import init_project
+from ..mtd import load_images
+from ..projects import init_project
+from ..synthetic import write_mvtec_folder
 
 PARAMS = """\
 # a project's own comment, which tuning must keep

@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 from padim_plugin.gaussian import StreamingGaussian, UnsafeDowndateError, mahalanobis
 from padim_plugin.statistics import StatisticsError, load_statistics, save_statistics
 
+from ..fits import stream
+
 
 def two_pass(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean (P, C) and unbiased covariance (P, C, C) of (N, C, P) data, in float64, two passes."""
@@ -18,13 +20,6 @@ def two_pass(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = data.mean(axis=1)
     centered = data - mean[:, None, :]
     return mean, np.einsum("pnc,pnd->pcd", centered, centered) / (data.shape[1] - 1)
-
-
-def stream(embeddings: torch.Tensor, batch_size: int, flush_every: int = 16) -> StreamingGaussian:
-    gaussian = StreamingGaussian(flush_every=flush_every)
-    for batch in embeddings.split(batch_size):
-        gaussian.update(batch)
-    return gaussian
 
 
 def assert_close(actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-5) -> None:

@@ -16,8 +16,8 @@ from flows.model.incremental import KeptFit, StatisticsStore, plan_refit
 from flows.registry.registry import Registry, model_name
 from padim_plugin.statistics import load_statistics
 
-from .conftest import Synthetic, save, write_mvtec_folder
-from .projects import git, init_project, tiny_params
+from ..projects import git, init_project, tiny_params
+from ..synthetic import Synthetic, save, write_mvtec_folder
 
 REMOVED, ADDED = 3, 6
 
