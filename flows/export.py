@@ -12,7 +12,9 @@ measured agreement. Nothing is written to the registry.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from padim_plugin.runtime import ExportedModel
 
 from .data.folders import swapped_in
 from .registry.registry import TAG, Registry, model_name
+
+logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-3
 MANIFEST = "export.json"
@@ -61,13 +65,22 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
     target = out / f"{model_name(line)}-v{version.version}-{export_format}"
     out.mkdir(parents=True, exist_ok=True)
     probe = probe_images(size)
+    started = time.monotonic()
+
+    def done(step: int, what: str) -> None:
+        logger.info("%s v%s: [%d/3] %s, %.1f s", model_name(line), version.version, step, what,
+                    time.monotonic() - started)
+
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
         errors = raw_errors(model, export_format, Path(scratch) / "raw", probe, size)
+        done(1, f"raw {export_format} outputs compared with torch on {len(probe)} probe images")
         path = export_model(model, export_format, Path(scratch) / "export", size)
+        done(2, f"exported to {export_format}")
         exported = ExportedModel(path)
         with torch.no_grad():
             expected = model(torch.from_numpy(probe)).pred_label.numpy()
         labels_agree = bool((exported(probe)["pred_label"] == expected).all())
+        done(3, "labels compared with torch")
         problem = disagreement(errors, labels_agree)
         if problem:
             raise ExportError(f"{model_name(line)} v{version.version}: the {export_format} export {problem};"

@@ -70,7 +70,11 @@ class OwnProgressOnly(logging.Filter):
 
 
 def quiet_libraries(verbose: bool) -> None:
-    """Silence library chatter on the console (see the module docstring), unless ``verbose``."""
+    """Show padim's progress lines (its loggers' info level) and silence library chatter on the
+    console (see the module docstring), unless ``verbose``."""
+    logging.getLogger(__package__).setLevel(logging.INFO)
+    import prefect.main  # noqa: F401  # Prefect puts its console handler on the root logger as it loads
+
     if verbose:
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -78,8 +82,6 @@ def quiet_libraries(verbose: bool) -> None:
     expect_library_warnings()
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
-    import prefect.main  # noqa: F401  # Prefect puts its console handler on the root logger as it loads
-
     for handler in logging.getLogger().handlers:
         if not any(isinstance(existing, OwnProgressOnly) for existing in handler.filters):
             handler.addFilter(OwnProgressOnly())

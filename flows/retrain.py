@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from .approval import wait_for_approval
@@ -36,6 +38,7 @@ from .model.build import save_model
 from .model.evaluate import evaluate, write_metrics
 from .model.fit import fit_line
 from .model.incremental import StatisticsStore, refit_statistics, statistics_config
+from .model.progress import EVERY_S
 from .model.trained import TrainedModel
 from .registry.gates import DATA_ON_REMOTE, SUPPORTED_OPERATING_POINT, Check, Decision, decide
 from .registry.lineage import Lineage, lineage_of, require_clean
@@ -315,9 +318,23 @@ def retrain(lines: list[str] | None = None, rev: str | None = None, root: str = 
     Each line's flow refuses a dirty tree unless ``allow_dirty``."""
     lines = lines or sorted(load_params(Path(root) / "params.yaml").lines)
     futures = [retrain_line.submit(line, rev, root, allow_dirty) for line in lines]
+    wait_reporting(futures, lines)
     results = [future.result() for future in futures]
     print(summary_table(results))
     return results
+
+
+def wait_reporting(futures: list[PrefectFuture], lines: list[str], every_s: float = EVERY_S) -> None:
+    """Wait for every line's future, saying every ``every_s`` seconds which lines are still running
+    (on a Dask cluster their own lines are logged on its workers, not here)."""
+    started, pending = time.monotonic(), dict(zip(futures, lines, strict=True))
+    while pending:
+        done, _ = wait(list(pending), timeout=every_s)
+        for future in done:
+            del pending[future]
+        if pending:
+            get_run_logger().info("%d/%d line(s) done, %.0f s; waiting on %s", len(lines) - len(pending),
+                                  len(lines), time.monotonic() - started, ", ".join(sorted(pending.values())))
 
 
 def run_retrain(lines: list[str] | None = None, rev: str | None = None, root: str = ".",

@@ -14,6 +14,7 @@ from padim_plugin.artifact import load_artifact, save_artifact
 from padim_plugin.datamodule import MVTecLayout
 
 from ..config import LineParams
+from .progress import ImageProgress
 
 
 def build_model(params: LineParams) -> StreamingPadim:
@@ -44,8 +45,10 @@ def build_datamodule(params: LineParams, data_path: Path) -> MVTecLayout:
     )
 
 
-def engine(work_dir: Path) -> Engine:
-    return Engine(accelerator="auto", devices=1, default_root_dir=work_dir, barebones=True)
+def engine(work_dir: Path, progress: ImageProgress) -> Engine:
+    """The Engine of one fit or predict loop, which reports its ``progress``."""
+    return Engine(accelerator="auto", devices=1, default_root_dir=work_dir, barebones=True,
+                  callbacks=[progress])
 
 
 def save_model(model: StreamingPadim, params: LineParams, folder: Path, data_md5: str = "") -> Path:

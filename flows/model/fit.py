@@ -16,6 +16,7 @@ from padim_plugin import StreamingGaussian, StreamingPadim
 from ..config import LineParams
 from .build import build_datamodule, build_model, engine
 from .predictions import predict_role
+from .progress import ImageProgress
 from .thresholds import Calibration, calibrate
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ def embed_statistics(params: LineParams, data_path: Path, work_dir: Path,
         missing = sorted(wanted - set(dataset.samples.image_path))
         if missing:
             raise FileNotFoundError(f"{len(missing)} training image(s) not in {data_path}: {missing[:5]}")
-    engine(work_dir).fit(model=model, train_dataloaders=datamodule.train_dataloader())
-    logger.info("%s: embedded %d images", params.name, model.model.gaussian.n_samples)
+    progress = ImageProgress(params.name, "train images embedded", len(datamodule.train_data))
+    engine(work_dir, progress).fit(model=model, train_dataloaders=datamodule.train_dataloader())
     return model.model.gaussian.cpu()
 
 

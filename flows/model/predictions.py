@@ -18,6 +18,7 @@ from padim_plugin import StreamingPadim
 
 from ..config import LineParams
 from .build import build_datamodule, engine
+from .progress import ImageProgress
 
 PIXEL_STRIDE = 2  # every 4th pixel of each map: pixel-level numbers in bounded memory
 
@@ -50,7 +51,8 @@ def predict_role(model: StreamingPadim, params: LineParams, data_path: Path, rol
     has_mask = dict(zip(samples.image_path, samples.mask_path != "", strict=True))
     post_processor, model.post_processor = model.post_processor, None
     try:
-        batches = engine(work_dir).predict(model=model, dataloaders=loader)
+        progress = ImageProgress(params.name, f"{role} images scored", len(samples))
+        batches = engine(work_dir, progress).predict(model=model, dataloaders=loader)
     finally:
         model.post_processor = post_processor
     labels, scores, ground_truth, pixel_labels, pixel_scores, paths = [], [], [], [], [], []
