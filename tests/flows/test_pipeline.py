@@ -27,14 +27,19 @@ defaults:
   gates: {floors: {image_auroc: 0.7}}
 lines:
   tiny: {}
+  idle: {}  # never reproduced here
 """
 
 
-def run(root: Path, *command: str) -> str:
+def completed(root: Path, *command: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    return result
+
+
+def run(root: Path, *command: str) -> str:
+    return completed(root, *command).stdout
 
 
 @pytest.mark.slow
@@ -46,9 +51,10 @@ def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
     shutil.copy(REPOSITORY / "dvc.yaml", root)
     init_project(root, tmp_path / "remote", PARAMS)
     source = write_mvtec_folder(tmp_path / "src", 8, 3, 3, n_validation=3)
-    assert main(["--root", str(root), "data", "add", "tiny", str(source)]) == 0
+    for line in ("tiny", "idle"):
+        assert main(["--root", str(root), "data", "add", line, str(source)]) == 0
 
-    run(root, "dvc", "repro")
+    run(root, "dvc", "repro", "evaluate@tiny")
     metrics = json.loads((root / "metrics" / "tiny.json").read_text())
     assert metrics["image_auroc"] == 1.0
     assert {p.name for p in (root / "models" / "tiny").iterdir()} == {"manifest.json", "tensors.safetensors"}
@@ -57,15 +63,17 @@ def test_dvc_repro_then_an_experiment(tmp_path: Path) -> None:
     assert {p.name for p in (root / "plots" / "tiny").iterdir()} == {"heatmaps.png", "roc.png",
                                                                      "operating_point.png"}
     fitted = (root / "models" / "tiny" / "tensors.safetensors").stat().st_mtime_ns
-    run(root, "dvc", "repro")  # nothing changed: nothing runs
+    run(root, "dvc", "repro", "evaluate@tiny")  # nothing changed: nothing runs
     assert (root / "models" / "tiny" / "tensors.safetensors").stat().st_mtime_ns == fitted
     params = root / "params.yaml"
     params.write_text(params.read_text().replace("floors: {image_auroc: 0.7}", "floors: {image_auroc: 0.9}"))
-    assert "up to date" in run(root, "dvc", "status")  # a gate is not read by the stages: no refit
+    assert "up to date" in run(root, "dvc", "status", "evaluate@tiny")  # a gate is not read by the stages
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "baseline")
+    for command in (("metrics", "show"), ("metrics", "diff")):  # idle was not reproduced: no warning
+        assert completed(root, "dvc", *command).stderr == "", command
 
-    run(root, "dvc", "exp", "run", "-S", "defaults.model.n_features=4")
+    run(root, "dvc", "exp", "run", "evaluate@tiny", "-S", "defaults.model.n_features=4")
     shown = json.loads(run(root, "dvc", "exp", "show", "--json"))
     experiments = [e for commit in shown for e in (commit.get("experiments") or [])]
     assert experiments, "the experiment is listed"
