@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ QUIET_LOGGERS = {
     "lightning.pytorch": logging.WARNING,
     "anomalib.engine.engine": logging.ERROR,  # "ckpt_path is not provided": models are passed in, fitted
 }
+_ONE_BLOCK_AT_A_TIME = threading.Lock()
 
 
 def expect_library_warnings() -> None:
@@ -53,8 +55,10 @@ def expected(warning: warnings.WarningMessage) -> bool:
 @contextmanager
 def without_expected_warnings() -> Iterator[None]:
     """Drop the EXPECTED_WARNINGS raised in the block and pass the others on: for calls (MLflow's
-    log_model) that reset the warning filters inside, so that ignoring them outside cannot work."""
-    with warnings.catch_warnings(record=True) as caught:
+    log_model) that reset the warning filters inside, so that ignoring them outside cannot work.
+    One block at a time: the warning filters are the process's, and two lines' retrains running in
+    threads would otherwise restore each other's (letting one's warnings through)."""
+    with _ONE_BLOCK_AT_A_TIME, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for warning in caught:

@@ -7,7 +7,6 @@ same params and data.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from .build import build_datamodule, build_model, engine
 from .predictions import predict_role
 from .progress import ImageProgress
 from .thresholds import Calibration, calibrate
-
-logger = logging.getLogger(__name__)
 
 
 def embed_statistics(params: LineParams, data_path: Path, work_dir: Path,
@@ -75,8 +72,6 @@ def fit_line(params: LineParams, data_path: Path, work_dir: Path,
     calibration = calibrate(validation.labels, validation.scores, validation.pixel_labels,
                             validation.pixel_scores, validation.map_range, params.thresholds)
     apply_calibration(model, calibration)
-    logger.info("%s: image threshold %.4f (%s)", params.name, calibration.image_threshold,
-                calibration.image_rule)
     return model, calibration
 
 
