@@ -71,9 +71,15 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
         logger.info("%s v%s: [%d/3] %s, %.1f s", model_name(line), version.version, step, what,
                     time.monotonic() - started)
 
+    def refuse_if(problem: str | None) -> None:
+        if problem:
+            raise ExportError(f"{model_name(line)} v{version.version}: the {export_format} export {problem};"
+                              " not written")
+
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
         errors = raw_errors(model, export_format, Path(scratch) / "raw", probe, size)
         done(1, f"raw {export_format} outputs compared with torch on {len(probe)} probe images")
+        refuse_if(raw_disagreement(errors))  # before the slow part: the export with post-processing
         path = export_model(model, export_format, Path(scratch) / "export", size)
         done(2, f"exported to {export_format}")
         exported = ExportedModel(path)
@@ -81,10 +87,7 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
             expected = model(torch.from_numpy(probe)).pred_label.numpy()
         labels_agree = bool((exported(probe)["pred_label"] == expected).all())
         done(3, "labels compared with torch")
-        problem = disagreement(errors, labels_agree)
-        if problem:
-            raise ExportError(f"{model_name(line)} v{version.version}: the {export_format} export {problem};"
-                              " not written")
+        refuse_if(None if labels_agree else "labels the probe images otherwise than the model")
         manifest = {
             "model": model_name(line),
             "version": str(version.version),
@@ -109,13 +112,11 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
     return ExportReport(target / path.name, target / MANIFEST, errors)
 
 
-def disagreement(raw_errors: dict[str, float], labels_agree: bool) -> str | None:
-    """Why an export must not be written, or None when it agrees with its model."""
+def raw_disagreement(raw_errors: dict[str, float]) -> str | None:
+    """Why raw outputs this far from the model's forbid the export, or None when they agree."""
     worst = max(raw_errors.values())
     if not worst <= PARITY_TOLERANCE:  # NaN included
         return f"differs from the model by {worst:.2e} relative (tolerance {PARITY_TOLERANCE})"
-    if not labels_agree:
-        return "labels the probe images otherwise than the model"
     return None
 
 
