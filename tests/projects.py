@@ -2,32 +2,54 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
+from functools import cache
 from pathlib import Path
 
 import yaml
+from dvc.repo import Repo
+from mlflow import MlflowClient
 
 from flows.cli import main
 from flows.data.store import DataStore
 from flows.registry.registry import Registry, model_name
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+STORE = "mlflow.db"  # the embedded default's store, in the project (flows.registry.registry.tracking_uri)
 
 
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
 
 
+@cache
+def empty_project() -> Path:
+    """Made once per test process and copied into each new project: git and DVC initialised, and
+    an MLflow SQLite store with its tables (creating them takes seconds, copying them nothing)."""
+    template = Path(tempfile.mkdtemp(prefix="padim-tests-template-"))
+    subprocess.run(["git", "init", "--quiet", str(template)], check=True)
+    Repo.init(str(template))
+    uri = f"sqlite:///{template / STORE}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
+    return template
+
+
 def init_project(root: Path, remote: Path | str, params: str) -> DataStore:
     """A git + DVC project (local remote: a path, or relative to the working folder) holding
-    ``params`` and whatever ``root`` already has, committed, with a git identity of its own."""
-    root.mkdir(parents=True, exist_ok=True)
+    ``params`` and whatever ``root`` already has, committed, with a git identity of its own, and
+    an empty MLflow store (SQLite, in the project as the embedded default has it)."""
+    shutil.copytree(empty_project(), root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(f"{STORE}*"))
     store = DataStore.init(root, str(remote))
     git(root, "config", "user.email", "tests@example.com")
     git(root, "config", "user.name", "tests")
     (root / "params.yaml").write_text(params)
     git(root, "add", "-A")
     git(root, "commit", "-qm", "project")
+    shutil.copy(empty_project() / STORE, root / STORE)  # after the commit: the store is no source
     return store
 
 
