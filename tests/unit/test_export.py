@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +38,35 @@ def fitted_with_options(tiny_fit_with_options: Fit) -> Fitted:
     return tiny_fit_with_options.model, tiny_fit_with_options.inputs
 
 
+@pytest.fixture(scope="module")
+def full_export(fitted: Fitted, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The paper fit exported with its post-processing, as a line's machines run it: once per
+    format for the module (an export takes tens of seconds)."""
+
+    @cache
+    def export(export_format: str) -> Path:
+        return export_model(fitted[0], export_format, tmp_path_factory.mktemp(export_format) / "export")
+
+    return export
+
+
 @pytest.mark.parametrize("export_format", ["onnx", "openvino"])
 @pytest.mark.parametrize("model_fixture", ["fitted", "fitted_with_options"])
-def test_exports_give_the_torch_models_raw_outputs_and_labels(model_fixture: str, tmp_path: Path,
-                                                              export_format: str,
-                                                              request: pytest.FixtureRequest) -> None:
+def test_exports_give_the_torch_models_raw_outputs(model_fixture: str, tmp_path: Path, export_format: str,
+                                                   request: pytest.FixtureRequest) -> None:
     model, images = request.getfixturevalue(model_fixture)
     errors = raw_errors(model, export_format, tmp_path / "raw", images)  # unclamped: nothing hidden
     assert errors["pred_score"] <= 1e-3 and errors["anomaly_map"] <= 1e-3, errors
-    exported = ExportedModel(export_model(model, export_format, tmp_path / "export"))
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "openvino"])
+def test_exports_label_images_as_the_torch_model(fitted: Fitted, full_export: Callable[[str], Path],
+                                                 export_format: str) -> None:
+    """The thresholds travel with the export (the post-processor is the same for every option)."""
+    model, images = fitted
     with torch.no_grad():
         expected = model(torch.from_numpy(images)).pred_label.numpy()
-    np.testing.assert_array_equal(exported(images)["pred_label"], expected)  # thresholds travel along
+    np.testing.assert_array_equal(ExportedModel(full_export(export_format))(images)["pred_label"], expected)
     assert expected.any() and not expected.all()
 
 
@@ -70,26 +89,25 @@ def test_int8_compression_is_refused(fitted: Fitted, tmp_path: Path) -> None:
     assert not any(tmp_path.rglob("*.xml"))
 
 
-def test_onnx_weights_live_in_external_data_that_moves_with_the_model(fitted: Fitted,
-                                                                      tmp_path: Path) -> None:
+def test_onnx_weights_live_in_external_data_that_moves_with_the_model(
+        fitted: Fitted, full_export: Callable[[str], Path], tmp_path: Path) -> None:
     """What lets models past protobuf's 2 GiB export: the graph file holds no weights."""
     model, images = fitted
-    with raw_outputs(model):
-        path = export_model(model, "onnx", tmp_path / "export")
-        graph = onnx.load(path, load_external_data=False).graph
-        shape = list(model.model.whitening.shape)
-        locations = [tensor.data_location for tensor in graph.initializer if list(tensor.dims) == shape]
-        assert locations == [onnx.TensorProto.EXTERNAL]
-        assert path.with_name(path.name + ".data").stat().st_size >= model.model.whitening.numel() * 4
-        moved = Path(shutil.copytree(path.parent, tmp_path / "elsewhere")) / path.name
-        shutil.rmtree(tmp_path / "export")
-        assert max(compare_with_torch(model, ExportedModel(moved), images).values()) <= 1e-3
+    path = full_export("onnx")
+    graph = onnx.load(path, load_external_data=False).graph
+    shape = list(model.model.whitening.shape)
+    [whitening] = [tensor for tensor in graph.initializer if list(tensor.dims) == shape]
+    assert whitening.data_location == onnx.TensorProto.EXTERNAL
+    assert {entry.key: entry.value for entry in whitening.external_data}["location"] == path.name + ".data"
+    assert path.with_name(path.name + ".data").stat().st_size >= model.model.whitening.numel() * 4
+    copied = Path(shutil.copytree(path.parent, tmp_path / "copied"))
+    moved = copied.rename(tmp_path / "moved") / path.name
+    assert max(compare_with_torch(model, ExportedModel(moved), images).values()) <= 1e-3
 
 
-def test_an_export_runs_in_a_process_that_cannot_import_torch(fitted: Fitted,
-                                                              tmp_path: Path) -> None:
+def test_an_export_runs_in_a_process_that_cannot_import_torch(
+        fitted: Fitted, full_export: Callable[[str], Path], tmp_path: Path) -> None:
     model, images = fitted
-    path = export_model(model, "onnx", tmp_path / "export")
     np.save(tmp_path / "images.npy", images)
     with torch.no_grad():
         np.save(tmp_path / "expected.npy", model(torch.from_numpy(images)).pred_score.numpy())
@@ -102,7 +120,7 @@ def test_an_export_runs_in_a_process_that_cannot_import_torch(fitted: Fitted,
         "out = ExportedModel(model, threads=1)(np.load(images))\n"
         "np.testing.assert_allclose(out['pred_score'], np.load(expected), atol=1e-5)\n"
     )
-    args = [str(path), str(tmp_path / "images.npy"), str(tmp_path / "expected.npy")]
+    args = [str(full_export("onnx")), str(tmp_path / "images.npy"), str(tmp_path / "expected.npy")]
     result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

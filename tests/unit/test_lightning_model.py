@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnxruntime
 import pytest
 import torch
 from anomalib.data import ImageBatch
@@ -63,28 +61,18 @@ def test_engine_predict_returns_maps_of_image_size(trained: tuple[StreamingPadim
     assert batch.pred_label is not None and bool(batch.pred_label.all())
 
 
-def test_export_torch_and_onnx_agree_with_the_model(trained: tuple[StreamingPadim, Engine],
-                                                    tmp_path: Path) -> None:
+def test_engine_export_to_torch_gives_the_model(trained: tuple[StreamingPadim, Engine],
+                                                tmp_path: Path) -> None:
+    """anomalib's Engine route; its ONNX and OpenVINO exports are checked in test_export.py."""
     model, engine = trained
     model.eval()
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(images)
-
     torch_path = engine.export(model=model, export_type=ExportType.TORCH, export_root=tmp_path)
     exported = torch.load(torch_path, weights_only=False)["model"].eval()
     with torch.no_grad():
         torch.testing.assert_close(exported(images).pred_score, expected.pred_score)
-
-    onnx_path = engine.export(model=model, export_type=ExportType.ONNX, export_root=tmp_path,
-                              input_size=(64, 64))
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    outputs = dict(zip([o.name for o in session.get_outputs()],
-                       session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
-    np.testing.assert_allclose(outputs["pred_score"].flatten(), expected.pred_score.flatten(),
-                               rtol=1e-4)
-    np.testing.assert_allclose(outputs["anomaly_map"], expected.anomaly_map.numpy(), rtol=1e-3,
-                               atol=1e-3)
 
 
 def test_predict_and_export_before_fit_are_errors(tmp_path: Path, tiny_line: Path) -> None:
