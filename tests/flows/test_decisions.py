@@ -21,6 +21,7 @@ from flows.data.store import DataStore
 from flows.registry.registry import Registry, model_name
 
 from ..projects import git, init_project, padim, tiny_params, versions
+from ..serving import free_port
 from ..synthetic import write_mvtec_folder
 
 # tiny lines on the F1 rule (tiny_params), and lines that each show one decision
@@ -246,8 +247,6 @@ def snapshot(root: Path) -> tuple[str, str, str]:
 @pytest.mark.parametrize("fault", ["folder moved away", "unreachable server"])
 def test_data_add_refuses_a_missing_or_unreachable_remote_and_writes_nothing(
         small_project: Path, tmp_path: Path, fault: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from .serving import free_port
-
     remote = tmp_path / "remote"
     if fault == "folder moved away":
         remote.rename(tmp_path / "moved")
