@@ -32,6 +32,10 @@ EXPECTED_WARNINGS = (
     (r"Add type hints to the `predict` method", "the same"),
     (r"Importing from timm.models.layers is deprecated", "inside anomalib"),
     (r"The anomalib.models.components.dinov2 package is deprecated", "inside anomalib, not used here"),
+    (r"The ``noload`` loader strategy is deprecated", "inside MLflow's SQLAlchemy tracking store"),
+    (r"'pin_memory' argument is set as true but no accelerator is found",
+     "anomalib's dataloaders pin memory for a GPU; a CPU-only machine has none to pin"),
+    (r"For backward compatibility, 'str' dtypes are included by select_dtypes", "inside MLflow's client"),
 )
 QUIET_LOGGERS = {
     "lightning": logging.WARNING, "lightning_fabric": logging.WARNING,  # trainer banners and tips
