@@ -26,8 +26,12 @@ install: $(STAMP)
 lock: | $(BIN)/python
 	$(UV) pip compile pyproject.toml $(EXTRAS) --python-version 3.11 --universal --no-header --quiet -o $(LOCK)
 
+# one pytest-xdist worker per core (a test file stays on one worker: its module fixtures are built
+# once); pytest-randomly shuffles the order, its seed printed on top; the slowest tests at the end
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # the inner loop: everything but the real-data, multi-process and team-stack tests
 test-fast: $(STAMP)

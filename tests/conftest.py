@@ -15,6 +15,10 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="padim-tests-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # a task that fails against a remote is retried at once: the tests wait for no backoff
 os.environ["PADIM_RETRY_DELAYS_S"] = "0,0"
+# pytest-xdist runs one worker per core: each computes on one thread (torch reads this as it loads;
+# the processes the tests start inherit it)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 # MLflow and Prefect attach log handlers to the sys.stderr of the moment they are first imported
 # (Prefect lazily: its logging is set up with prefect.main): import them before any test's capsys
