@@ -26,12 +26,13 @@ install: $(STAMP)
 lock: | $(BIN)/python
 	$(UV) pip compile pyproject.toml $(EXTRAS) --python-version 3.11 --universal --no-header --quiet -o $(LOCK)
 
-# one pytest-xdist worker per core (a test file stays on one worker: its module fixtures are built
-# once); pytest-randomly shuffles the order, its seed printed on top; the slowest tests at the end
-TEST_WORKERS ?= 2
+# pytest-randomly shuffles the order (its seed printed on top); the slowest tests are listed at the
+# end. On 2 cores the suite is CPU-bound and pytest-xdist did not pay (a fresh clone took 33 min on
+# two workers); on a larger machine: make test TEST_ARGS="-n 4 --dist loadfile"
+TEST_ARGS ?=
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/python -m pytest --durations=25 $(TEST_ARGS)
 
 # the inner loop: everything but the real-data, multi-process and team-stack tests
 test-fast: $(STAMP)

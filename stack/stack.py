@@ -495,6 +495,7 @@ def start_mlflow(state: State, ports: dict[str, int], creds: dict[str, str]) -> 
         "AWS_ACCESS_KEY_ID": creds["STACK_S3_ACCESS_KEY"],
         "AWS_SECRET_ACCESS_KEY": creds["STACK_S3_SECRET_KEY"],
         "AWS_DEFAULT_REGION": REGION,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # its job runner (GenAI jobs) is not used here
     })
     proc = spawn(state, "mlflow", [
         tool("mlflow"), "server",

@@ -47,9 +47,11 @@ def init_project(root: Path, remote: Path | str, params: str) -> DataStore:
     git(root, "config", "user.email", "tests@example.com")
     git(root, "config", "user.name", "tests")
     (root / "params.yaml").write_text(params)
+    with (root / ".gitignore").open("a") as ignored:  # as this repository's own: the store is no source
+        ignored.write(f"/{STORE}\n/{STORE}.init.lock\n/mlartifacts/\n")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "project")
-    shutil.copy(empty_project() / STORE, root / STORE)  # after the commit: the store is no source
+    shutil.copy(empty_project() / STORE, root / STORE)
     return store
 
 

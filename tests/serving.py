@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# MLflow's job runner (two huey consumer processes, for its GenAI jobs) is not used here
+WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -40,7 +43,7 @@ def tracking_server(backend_uri: str, artifacts: Path, log: Path, port: int | No
     port = port or free_port()
     command = ["server", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with _serving(command, port, "/health", log, startup_s) as url:
+    with _serving(command, port, "/health", log, startup_s, **WITHOUT_JOB_RUNNER) as url:
         yield url
 
 

@@ -26,6 +26,10 @@ from padim_plugin.scoring import score_payload
 class PadimPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the artifact folder named ``model``; scores batches of images."""
 
+    # predict has no type hints on purpose (its docstring says why): MLflow skips looking for them,
+    # and warning each time the class is loaded that they are missing, as for its own models
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         self.model = load_artifact(Path(context.artifacts["model"]))
 
