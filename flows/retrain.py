@@ -38,7 +38,6 @@ from .model.build import save_model
 from .model.evaluate import evaluate, write_metrics
 from .model.fit import fit_line
 from .model.incremental import StatisticsStore, refit_statistics, statistics_config
-from .model.progress import EVERY_S
 from .model.trained import TrainedModel
 from .registry.gates import DATA_ON_REMOTE, SUPPORTED_OPERATING_POINT, Check, Decision, decide
 from .registry.lineage import Lineage, lineage_of, require_clean
@@ -56,6 +55,7 @@ from .registry.statistics import collect_statistics, fetch_statistics
 from .tasks import REMOTE_CALL, RUNS, pull_data, validate_data
 
 PACKAGE_DIRS = ("padim_plugin", "flows")
+WAITING_EVERY_S = 30.0  # how often a retrain names the lines it still waits for
 # the operating point at a glance: the summary's and the report's columns
 SUMMARY_METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"),
                    ("pixel AUPRO", "pixel_aupro"), ("false alarms (test)", "test_normal_fpr"),
@@ -324,7 +324,7 @@ def retrain(lines: list[str] | None = None, rev: str | None = None, root: str = 
     return results
 
 
-def wait_reporting(futures: list[PrefectFuture], lines: list[str], every_s: float = EVERY_S) -> None:
+def wait_reporting(futures: list[PrefectFuture], lines: list[str], every_s: float = WAITING_EVERY_S) -> None:
     """Wait for every line's future, saying every ``every_s`` seconds which lines are still running
     (on a Dask cluster their own lines are logged on its workers, not here)."""
     started, pending = time.monotonic(), dict(zip(futures, lines, strict=True))
