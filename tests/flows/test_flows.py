@@ -386,6 +386,8 @@ def test_normal_only_line_is_refused_by_name_then_promoted_by_its_own_gate(first
 class PickledPyfunc(mlflow.pyfunc.PythonModel):
     """How models were registered before the data-only format: a cloudpickled Python object."""
 
+    _skip_type_hint_validation = True  # as flows.registry.pyfunc.PadimPyfunc: no hints, no warning
+
     def predict(self, context, model_input, params=None):
         return model_input
 
