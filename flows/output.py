@@ -29,7 +29,6 @@ EXPECTED_WARNINGS = (
     (r"Type hint used in the model's predict function is not supported",
      "the pyfunc checks its inputs itself: pixels or encoded images, which no MLflow schema states"),
     (r"Failed to infer signature from type hint", "the same: the signature is logged explicitly"),
-    (r"Add type hints to the `predict` method", "the same"),
     (r"Importing from timm.models.layers is deprecated", "inside anomalib"),
     (r"The anomalib.models.components.dinov2 package is deprecated", "inside anomalib, not used here"),
     (r"The ``noload`` loader strategy is deprecated", "inside MLflow's SQLAlchemy tracking store"),

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import yaml
 from dvc.repo import Repo
-from mlflow import MlflowClient
 
 from flows.cli import main
 from flows.data.store import DataStore
-from flows.registry.registry import Registry, model_name
+from flows.registry.registry import SQLITE_STORE as STORE
+from flows.registry.registry import Registry, model_name, open_sqlite_store
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-STORE = "mlflow.db"  # the embedded default's store, in the project (flows.registry.registry.tracking_uri)
 
 
 def git(root: Path, *args: str) -> str:
@@ -31,10 +30,7 @@ def empty_project() -> Path:
     template = Path(tempfile.mkdtemp(prefix="padim-tests-template-"))
     subprocess.run(["git", "init", "--quiet", str(template)], check=True)
     Repo.init(str(template))
-    uri = f"sqlite:///{template / STORE}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.search_experiments(max_results=1)
-    client.search_registered_models(max_results=1)
+    open_sqlite_store(f"sqlite:///{template / STORE}")
     return template
 
 

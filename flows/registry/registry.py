@@ -61,9 +61,12 @@ KEPT = "kept"  # a version's padim.statistics tag while its run holds them
 log = logging.getLogger(__name__)
 
 
+SQLITE_STORE = "mlflow.db"  # the embedded default's store, in the project folder
+
+
 def tracking_uri(root: Path) -> str:
     """MLFLOW_TRACKING_URI when set, else a SQLite store in the project folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / SQLITE_STORE}"
 
 
 def model_name(line: str) -> str:
@@ -141,7 +144,7 @@ class Registry:
         else:
             os.environ["MLFLOW_TRACKING_URI"] = user_setting
         if self.uri.startswith("sqlite:///"):
-            _open_sqlite_store(self.uri)
+            open_sqlite_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     # -- reading -------------------------------------------------------------------------------
@@ -572,7 +575,7 @@ class Registry:
 
 
 @cache
-def _open_sqlite_store(uri: str) -> None:
+def open_sqlite_store(uri: str) -> None:
     """Create a new SQLite store's tables one process at a time: MLflow creates them on first use,
     and two processes doing so at once collide ("Online migration expected to match one row")."""
     with locked(Path(f"{uri.removeprefix('sqlite:///')}.init.lock")):
