@@ -12,6 +12,7 @@ from padim_plugin.gaussian import StreamingGaussian, UnsafeDowndateError, mahala
 from padim_plugin.statistics import StatisticsError, load_statistics, save_statistics
 
 from ..fits import stream
+from ..serving import free_port
 
 
 def two_pass(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,15 +183,12 @@ def _all_reduce_worker(rank: int, world: int, port: int, shards: list[torch.Tens
 
 
 def test_all_reduce_across_processes_equals_single_fit(tmp_path) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     embeddings = torch.randn(13, 4, 3, 3, dtype=torch.float64) + 100
     shards = [embeddings[:5], embeddings[5:], embeddings[:0]]
     out = str(tmp_path / "reduced.pt")
-    mp.start_processes(_all_reduce_worker, args=(3, port, shards, out), nprocs=3, start_method="spawn")
+    # forked, not spawned: the children need not import torch again
+    mp.start_processes(_all_reduce_worker, args=(3, port, shards, out), nprocs=3, start_method="fork")
     reduced = torch.load(out)
     mean, covariance = two_pass(embeddings.flatten(2).numpy())
     assert reduced["count"] == 13
