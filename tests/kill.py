@@ -3,12 +3,13 @@
     result = run_killed(KillPoint("dvc.repo:Repo.push", after=True), ["--root", root, "data", "add", ...])
     assert_killed(result)
 
-The child is ``python -m tests.kill '<point as JSON>' ARGV...`` (cwd: the repository root). It
-replaces the target (a function or method, found as ``module:Attr.path``) by a wrapper that counts
-calls, from any thread, and at call number ``call`` kills the whole process with SIGKILL, before the
-call runs or, with ``after``, right after it returns: no ``except``, ``finally`` or ``atexit`` runs,
-as on a power cut or the OOM killer. A name bound elsewhere by ``from module import name`` is not
-affected: trap the attribute that the code under test looks up at call time.
+The child is forked from an interpreter that has imported the commands' libraries
+(tests/children.py), cwd the repository root. It replaces the target (a function or method, found
+as ``module:Attr.path``) by a wrapper that counts calls, from any thread, and at call number
+``call`` kills the whole process with SIGKILL, before the call runs or, with ``after``, right after
+it returns: no ``except``, ``finally`` or ``atexit`` runs, as on a power cut or the OOM killer.
+A name bound elsewhere by ``from module import name`` is not affected: trap the attribute that the
+code under test looks up at call time.
 
 A kill point that is never reached lets the command run to its end; ``assert_killed`` then fails
 the test, so a trap that has gone stale cannot pass vacuously.
@@ -18,16 +19,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from .projects import REPOSITORY
+from .children import start
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,9 @@ class KillPoint:
 
 def run_killed(point: KillPoint, argv: list[str], env: dict[str, str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run `padim-mlops *argv` (flows.cli.main) in a child Python that SIGKILLs itself
+    """Run `padim-mlops *argv` (flows.cli.main) in a child process that SIGKILLs itself
     (os.kill(os.getpid(), signal.SIGKILL): no except, finally or atexit runs) at ``point``."""
-    command = [sys.executable, "-m", "tests.kill", json.dumps(asdict(point)), *map(str, argv)]
-    return subprocess.run(command, cwd=REPOSITORY, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
+    return start(argv, env, before=functools.partial(trap, point)).wait(timeout)
 
 
 def assert_killed(result: subprocess.CompletedProcess[str]) -> None:
@@ -86,14 +84,3 @@ def trap(point: KillPoint) -> None:
 
     setattr(owner, name, kind(wrapper) if kind else wrapper)
 
-
-def _main(argv: list[str]) -> int:
-    point = KillPoint(**json.loads(argv[0]))
-    trap(point)
-    from flows.cli import main
-
-    return main(argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -26,7 +26,7 @@ from ..synthetic import write_mvtec_folder
 KILL_POINTS = {
     "during-pull": KillPoint("dvc_objects.fs.local:LocalFileSystem.put_file", call=3),  # 3rd file copied
     "during-fit": KillPoint("padim_plugin.gaussian:StreamingGaussian.update", call=2),
-    "while-keeping-statistics": KillPoint("padim_plugin.statistics:save_statistics"),
+    "while-keeping-statistics": KillPoint("flows.model.incremental:save_statistics"),
     "during-evaluation": KillPoint("flows.model.evaluate:image_metrics"),
     "during-logging": KillPoint("mlflow.pyfunc:log_model"),
     "after-registration": KillPoint("mlflow.tracking.client:MlflowClient.create_model_version", after=True),
