@@ -17,6 +17,7 @@ import pytest
 from flows.cli import main
 from flows.data.store import SNAPSHOTS, DataStore, DataVersionError
 
+from .. import children
 from ..kill import KillPoint, assert_killed, run_killed
 from ..projects import REPOSITORY, contents, git, init_project, lists_line, tiny_params
 from ..synthetic import Synthetic, save, write_mvtec_folder
@@ -322,12 +323,10 @@ def test_staging_removes_the_scratch_folders_of_killed_adds_of_its_line_only(tmp
 def test_adds_of_two_new_lines_at_once_both_land_in_git_params_and_gitignore(tmp_path: Path) -> None:
     store = new_project(tmp_path)
     lines = ("gamma", "delta")  # new lines: each add registers its line in the shared params.yaml
-    adds = [subprocess.Popen([sys.executable, "-m", "flows.cli", *add_argv(store.root, line,
-                                                                         source(tmp_path, line, seed))],
-                             cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    adds = [children.start(add_argv(store.root, line, source(tmp_path, line, seed)))
             for seed, line in enumerate(lines, start=10)]
-    outputs = [add.communicate(timeout=300)[0] for add in adds]
-    assert [add.returncode for add in adds] == [0, 0], outputs
+    results = [add.wait(timeout=300) for add in adds]
+    assert [result.returncode for result in results] == [0, 0], [result.stderr for result in results]
     for line in lines:
         assert lists_line(git(store.root, "show", "HEAD:params.yaml"), line)
         assert store.md5(line, "HEAD") == store.md5(line)

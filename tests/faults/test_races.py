@@ -6,7 +6,6 @@ as a cron run overlapping a manual one), Prefect's test server for the flows.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from flows.cli import main
 from flows.registry.lock import LineLock, LockLostError, LockTimeoutError, lock_prefix
 from flows.registry.registry import Registry, model_name
 
+from .. import children
 from ..projects import REPOSITORY, STORE, init_project, tiny_params, versions
 from ..serving import tracking_server
 from ..synthetic import write_mvtec_folder
@@ -50,13 +50,11 @@ def project(tmp_path: Path, prefect_harness: None) -> Path:
     return root
 
 
-def padim_mlops(*argv: str) -> subprocess.Popen[str]:
+def padim_mlops(*argv: str) -> children.Child:
     """``padim-mlops`` in its own process, on the test's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *argv], cwd=REPOSITORY, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return children.start(list(argv), env={"PREFECT_API_URL": PREFECT_API_URL.value()})
 
 
 def lock(registry: Registry, line: str, purpose: str, **options: float) -> LineLock:
@@ -72,8 +70,9 @@ def test_two_retrains_at_once_give_one_version_and_one_decision(project: Path, s
     first = padim_mlops("--root", str(project), "retrain", "alpha")
     time.sleep(1)  # a second apart, as in the report
     second = padim_mlops("--root", str(project), "retrain", "alpha")
-    outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
-    assert [first.returncode, second.returncode] == [0, 0], "\n".join(outputs)
+    results = [process.wait(timeout=600) for process in (first, second)]
+    outputs = [result.stdout + result.stderr for result in results]
+    assert [result.returncode for result in results] == [0, 0], "\n".join(outputs)
     registry = Registry(project)
     assert versions(registry, "alpha") == ["1"]
     champion = registry.champion("alpha")
