@@ -1,10 +1,12 @@
 """Export a fitted StreamingPadim to ONNX or OpenVINO IR, and check an export against the model.
 
-Export goes through anomalib's own ``to_onnx`` / ``to_openvino`` (the path ``Engine.export`` takes),
-so the graph holds the whole pipeline: resize and normalisation, backbone, Mahalanobis map, blur,
-and the post-processor with the line's thresholds. ``padim_plugin.runtime.ExportedModel`` runs the
-result without torch. The ONNX exporter writes the weights as external data beside
-``model.onnx`` (``model.onnx.data``), so models past protobuf's 2 GiB limit export and load.
+Export goes through anomalib's own ``to_onnx`` (the path ``Engine.export`` takes); OpenVINO IR is
+converted from that ONNX export, as anomalib's ``to_openvino`` does, by :func:`openvino_from_onnx`,
+so that one ONNX export can give both formats. The graph holds the whole pipeline: resize and
+normalisation, backbone, Mahalanobis map, blur, and the post-processor with the line's thresholds.
+``padim_plugin.runtime.ExportedModel`` runs the result without torch. The ONNX exporter writes the
+weights as external data beside ``model.onnx`` (``model.onnx.data``), so models past protobuf's
+2 GiB limit export and load.
 
 The post-processor clamps normalised scores and maps into 0..1, so two exports that agree after
 it may still differ below or above the calibrated range; :func:`raw_outputs` exports and runs the
@@ -13,11 +15,13 @@ model without it, which is how the numbers themselves are compared.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import openvino
 import torch
 from torchvision.transforms.v2 import Resize
 
@@ -37,7 +41,17 @@ def export_model(model: torch.nn.Module, export_format: str, folder: Path,
     model = model.cpu().eval()
     if export_format == "onnx":
         return model.to_onnx(folder, input_size=size)
-    return model.to_openvino(folder, input_size=size)
+    with tempfile.TemporaryDirectory() as scratch:
+        return openvino_from_onnx(model.to_onnx(Path(scratch), input_size=size), folder)
+
+
+def openvino_from_onnx(onnx_path: Path, folder: Path) -> Path:
+    """OpenVINO IR (float32) converted from an ONNX export, in ``folder`` where anomalib's
+    ``to_openvino`` puts it (``weights/openvino/model.xml``); returns the ``.xml`` path."""
+    target = folder / "weights" / "openvino" / f"{onnx_path.stem}.xml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    openvino.save_model(openvino.convert_model(onnx_path), target, compress_to_fp16=False)
+    return target
 
 
 def image_size(model: torch.nn.Module) -> tuple[int, int]:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import cache
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from anomalib.deploy import CompressionType, ExportType
 from anomalib.engine import Engine
 
 from padim_plugin import StreamingPadim
-from padim_plugin.exported import compare_with_torch, export_model, raw_errors, raw_outputs
+from padim_plugin.exported import compare_with_torch, export_model, openvino_from_onnx, raw_outputs
 from padim_plugin.runtime import ExportedModel
 
 from ..fits import Fit
@@ -38,35 +39,54 @@ def fitted_with_options(tiny_fit_with_options: Fit) -> Fitted:
     return tiny_fit_with_options.model, tiny_fit_with_options.inputs
 
 
+Exports = Callable[[StreamingPadim, str, bool], Path]  # (model, format, raw) -> model.onnx or model.xml
+
+
 @pytest.fixture(scope="module")
-def full_export(fitted: Fitted, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """The paper fit exported with its post-processing, as a line's machines run it: once per
-    format for the module (an export takes tens of seconds)."""
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
+    """What export_model makes, once per model and kind for the module (an ONNX export takes tens of
+    seconds): the ONNX export with the post-processor or without it (raw), and the OpenVINO IR
+    converted from that ONNX export, as export_model converts it."""
 
     @cache
-    def export(export_format: str) -> Path:
-        return export_model(fitted[0], export_format, tmp_path_factory.mktemp(export_format) / "export")
+    def onnx_export(model: StreamingPadim, raw: bool) -> Path:
+        folder = tmp_path_factory.mktemp("raw" if raw else "export")
+        with raw_outputs(model) if raw else nullcontext():
+            return export_model(model, "onnx", folder)
+
+    @cache
+    def export(model: StreamingPadim, export_format: str, raw: bool) -> Path:
+        onnx = onnx_export(model, raw)
+        return onnx if export_format == "onnx" else openvino_from_onnx(onnx, onnx.parents[2])
 
     return export
 
 
+def raw_export_errors(model: StreamingPadim, path: Path, images: np.ndarray) -> dict[str, float]:
+    """The raw export's relative errors against the torch model without post-processing: unclamped,
+    nothing hidden."""
+    with raw_outputs(model):
+        return compare_with_torch(model, ExportedModel(path), images)
+
+
 @pytest.mark.parametrize("export_format", ["onnx", "openvino"])
 @pytest.mark.parametrize("model_fixture", ["fitted", "fitted_with_options"])
-def test_exports_give_the_torch_models_raw_outputs(model_fixture: str, tmp_path: Path, export_format: str,
+def test_exports_give_the_torch_models_raw_outputs(model_fixture: str, exports: Exports, export_format: str,
                                                    request: pytest.FixtureRequest) -> None:
     model, images = request.getfixturevalue(model_fixture)
-    errors = raw_errors(model, export_format, tmp_path / "raw", images)  # unclamped: nothing hidden
+    errors = raw_export_errors(model, exports(model, export_format, True), images)
     assert errors["pred_score"] <= 1e-3 and errors["anomaly_map"] <= 1e-3, errors
 
 
 @pytest.mark.parametrize("export_format", ["onnx", "openvino"])
-def test_exports_label_images_as_the_torch_model(fitted: Fitted, full_export: Callable[[str], Path],
+def test_exports_label_images_as_the_torch_model(fitted: Fitted, exports: Exports,
                                                  export_format: str) -> None:
     """The thresholds travel with the export (the post-processor is the same for every option)."""
     model, images = fitted
     with torch.no_grad():
         expected = model(torch.from_numpy(images)).pred_label.numpy()
-    np.testing.assert_array_equal(ExportedModel(full_export(export_format))(images)["pred_label"], expected)
+    labels = ExportedModel(exports(model, export_format, False))(images)["pred_label"]
+    np.testing.assert_array_equal(labels, expected)
     assert expected.any() and not expected.all()
 
 
@@ -90,10 +110,10 @@ def test_int8_compression_is_refused(fitted: Fitted, tmp_path: Path) -> None:
 
 
 def test_onnx_weights_live_in_external_data_that_moves_with_the_model(
-        fitted: Fitted, full_export: Callable[[str], Path], tmp_path: Path) -> None:
+        fitted: Fitted, exports: Exports, tmp_path: Path) -> None:
     """What lets models past protobuf's 2 GiB export: the graph file holds no weights."""
     model, images = fitted
-    path = full_export("onnx")
+    path = exports(model, "onnx", False)
     graph = onnx.load(path, load_external_data=False).graph
     shape = list(model.model.whitening.shape)
     [whitening] = [tensor for tensor in graph.initializer if list(tensor.dims) == shape]
@@ -106,7 +126,7 @@ def test_onnx_weights_live_in_external_data_that_moves_with_the_model(
 
 
 def test_an_export_runs_in_a_process_that_cannot_import_torch(
-        fitted: Fitted, full_export: Callable[[str], Path], tmp_path: Path) -> None:
+        fitted: Fitted, exports: Exports, tmp_path: Path) -> None:
     model, images = fitted
     np.save(tmp_path / "images.npy", images)
     with torch.no_grad():
@@ -120,7 +140,7 @@ def test_an_export_runs_in_a_process_that_cannot_import_torch(
         "out = ExportedModel(model, threads=1)(np.load(images))\n"
         "np.testing.assert_allclose(out['pred_score'], np.load(expected), atol=1e-5)\n"
     )
-    args = [str(full_export("onnx")), str(tmp_path / "images.npy"), str(tmp_path / "expected.npy")]
+    args = [str(exports(model, "onnx", False)), str(tmp_path / "images.npy"), str(tmp_path / "expected.npy")]
     result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -138,11 +158,11 @@ def test_unknown_formats_and_files_are_refused(fitted: Fitted, tmp_path: Path) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("export_format", ["onnx", "openvino"])
-def test_exports_match_torch_on_real_images(tmp_path: Path, export_format: str) -> None:
+def test_exports_match_torch_on_real_images(exports: Exports) -> None:
     if not MTD.is_dir():
         pytest.skip(f"real data set not found at {MTD}")
     model = fitted_on_mtd(mtd_model(256), n_train=40)
     images = mtd_images("test", 16, 256)
-    errors = raw_errors(model, export_format, tmp_path, images)
-    assert errors["pred_score"] <= 1e-3 and errors["anomaly_map"] <= 1e-3, errors
+    for export_format in ("onnx", "openvino"):
+        errors = raw_export_errors(model, exports(model, export_format, True), images)
+        assert errors["pred_score"] <= 1e-3 and errors["anomaly_map"] <= 1e-3, (export_format, errors)
