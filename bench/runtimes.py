@@ -2,7 +2,8 @@
 
 Both models are fitted on the same MTD normal images (efficientnet_lite0, 100 channels, 256 px;
 anomalib's ``PadimModel`` gets our backbone weights and channel subset), calibrated the same way,
-and exported the same way, with anomalib's ``to_onnx`` / ``to_openvino`` at a fixed 256x256 input.
+and exported the same way (``padim_plugin.exported.export_model``: anomalib's ``to_onnx``, then
+OpenVINO IR converted from it) at a fixed 256x256 input.
 Every runtime gets the same batches of real test images and the same thread count (OpenVINO in
 float32, as ``padim_plugin.exported.ExportedModel`` asks). The torch rows are timed before any
 ONNX Runtime or OpenVINO session exists, whose idle threads would otherwise compete for the cores.
