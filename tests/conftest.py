@@ -41,6 +41,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("filterwarnings", f"ignore:.*{message}")
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The team stack's tests go first, in their shuffled order: their servers and Dask retrain take
+    the longest of any module, and under pytest-xdist a worker that draws them last works alone."""
+    items.sort(key=lambda item: item.get_closest_marker("stack") is None)
+
+
 @pytest.fixture(autouse=True)
 def _project_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests use their project's SQLite store (or a server they start), never the user's."""
