@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,27 +45,25 @@ class Child:
     def __init__(self, argv: list[str], env: dict[str, str], before: Callable[[], None] | None) -> None:
         self.argv = argv
         self._output = Path(tempfile.mkdtemp(prefix="padim-child-"))
+        for name in ("stdout", "stderr"):  # there to read even if the child dies before it writes
+            (self._output / name).touch()
         self._process = _FORKSERVER.Process(target=_run, args=(argv, env, str(REPOSITORY), str(self._output),
                                                                 before), daemon=False)
         self._process.start()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
 
     def wait(self, timeout: float) -> subprocess.CompletedProcess[str]:
         """Its exit code (negative: the signal that ended it), stdout and stderr; a child still
         running after ``timeout`` seconds is killed and the error says so."""
         self._process.join(timeout)
-        if self._process.exitcode is None:
+        timed_out = self._process.exitcode is None
+        if timed_out:
             self._process.kill()
             self._process.join()
-            raise subprocess.TimeoutExpired(self.argv, timeout, self._read("stdout"), self._read("stderr"))
-        return subprocess.CompletedProcess(self.argv, self._process.exitcode, self._read("stdout"),
-                                           self._read("stderr"))
-
-    def _read(self, stream: str) -> str:
-        return (self._output / stream).read_text(errors="replace")
+        stdout, stderr = ((self._output / name).read_text(errors="replace") for name in ("stdout", "stderr"))
+        shutil.rmtree(self._output)
+        if timed_out:
+            raise subprocess.TimeoutExpired(self.argv, timeout, stdout, stderr)
+        return subprocess.CompletedProcess(self.argv, self._process.exitcode, stdout, stderr)
 
 
 def start(argv: list[str], env: dict[str, str] | None = None,
