@@ -41,11 +41,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("filterwarnings", f"ignore:.*{message}")
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled
+@pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled, and the faults are marked slow
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The team stack's tests go first, in their shuffled order: their servers and Dask retrain take
-    the longest of any module, and under pytest-xdist a worker that draws them last works alone."""
-    items.sort(key=lambda item: item.get_closest_marker("stack") is None)
+    """The longest first, each group in its shuffled order: the team stack's tests, then the slow
+    ones (real data, several processes, faults), then the rest. pytest-xdist hands out whole files
+    in this order (make test turns off its reordering by test count, which put the stack last), so
+    no worker is left alone with a long file at the end."""
+    items.sort(key=lambda item: [item.get_closest_marker(marker) is None for marker in ("stack", "slow")])
 
 
 @pytest.fixture(autouse=True)
