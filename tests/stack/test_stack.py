@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 
 from flows.cli import main
 from flows.data.store import DataStore
@@ -60,6 +62,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         yield read_env_file(state / "stack.env") | {"STATE": str(state)}
     finally:
+        # What this process still holds for the stack's Prefect API (events, logs) is sent while
+        # it runs: a client service left for a stopped server hangs whoever drains them all next
+        # (the Prefect test harness does, as it stops)
+        EventsWorker.drain_all()
+        APILogWorker.drain_all()
         stopped = subprocess.run([*command, "down", "--state", str(state)], cwd=REPOSITORY,
                                  capture_output=True, text=True, timeout=300)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr  # no process or port left
