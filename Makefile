@@ -35,7 +35,10 @@ lock: | $(BIN)/python
 # pytest-randomly shuffles the order (its seed printed on top); the 25 slowest tests end the report.
 TEST_WORKERS ?= 3
 
+# The project's own modules are byte-compiled first for the same reason as the locked packages
+# (every worker, server, Dask worker and flow-run process imports them); only changed files are.
 test: $(STAMP)
+	$(BIN)/python -m compileall -q padim_plugin flows stack tests
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # the inner loop: everything but the real-data, multi-process and team-stack tests

@@ -9,7 +9,8 @@ devices (Lightning DDP) gives the same model as one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,8 @@ class StreamingPadim(AnomalibModule):
         self._require_fitted("export")
         kwargs.setdefault("opset_version", ONNX_OPSET)
         kwargs.setdefault("external_data", True)  # weights beside the graph: no 2 GiB protobuf limit
-        return super().to_onnx(*args, **kwargs)
+        with _no_stack_traces_in_traced_graphs():
+            return super().to_onnx(*args, **kwargs)
 
     def to_openvino(self, *args: Any, compression_type: CompressionType | None = None, **kwargs: Any) -> Path:
         """anomalib's export; INT8 compression is refused: with Gaussians fitted on float32
@@ -185,6 +187,19 @@ class StreamingPadim(AnomalibModule):
     def _require_fitted(self, action: str) -> None:
         if not self.model.is_fitted:
             raise NotFittedError(f"cannot {action} StreamingPadim before it is fitted: run fit first")
+
+
+@contextmanager
+def _no_stack_traces_in_traced_graphs() -> Iterator[None]:
+    """torch.export records the Python stack of every traced node, only for its error messages:
+    on CPU that was half the time of an ONNX export (a tiny model: 16.5-20.7 s with, 9.5-9.9 s
+    without)."""
+    emitting = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = emitting
 
 
 def _unpadded_share(dataloader: object) -> int | None:
