@@ -140,6 +140,9 @@ class FitParams(_Strict):
     incremental: bool = True
     max_removed_share: float = Field(0.5, gt=0, le=1)  # of the kept images; above: full refit
     min_kept_variance: float = Field(0.1, gt=0, lt=1)  # a downdate keeping less of one: full refit
+    # keep validation and test images' backbone maps (flows.model.features): the next retrain
+    # runs the backbone only on the images it has not seen
+    keep_features: bool = True
 
 
 class LineParams(_Strict):

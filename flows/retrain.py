@@ -35,7 +35,8 @@ from .approval import wait_for_approval
 from .config import LineParams, load_params
 from .data.store import DataVersion
 from .model.build import save_model
-from .model.evaluate import evaluate, write_metrics
+from .model.evaluate import evaluate, evaluation_images, write_metrics
+from .model.features import KeptFeatures, image_digest
 from .model.fit import fit_line
 from .model.incremental import StatisticsStore, refit_statistics, statistics_config
 from .model.trained import TrainedModel
@@ -137,9 +138,10 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
         fetch_statistics(Registry(root), params.name, config, store)
     statistics, report = refit_statistics(params, data, root, work, key, config)
     logger.info("%s: %s", params.name, report.describe())
-    model, calibration = fit_line(params, data.path, work, statistics)
+    kept = kept_features(root, params)
+    model, calibration = fit_line(params, data.path, work, statistics, kept)
     model_path = save_model(model, params, work / "model", data.md5)
-    evaluation = evaluate(model, params, data.path, work)
+    evaluation = evaluate(model, params, data.path, work, kept)
     metrics = evaluation.metrics | {name: value for name, value in (
         ("validation_normal_fpr", calibration.validation_normal_fpr),
         ("validation_recall", calibration.validation_recall)) if math.isfinite(value)}
@@ -147,8 +149,9 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
     logger.info("%s: threshold %s; %s", params.name, calibration.image_rule, _format_metrics(metrics))
     return TrainedModel(key, str(model_path), metrics, evaluation.unavailable, calibration.as_params(),
                         {name: str(path) for name, path in evaluation.figures.items()},
-                        report.as_tags() | {"statistics_config": config}, str(store.folder(key)),
-                        calibration.unsupported)
+                        report.as_tags() | {"statistics_config": config,
+                                            "features_config": kept.config(model) if kept else ""},
+                        str(store.folder(key)), calibration.unsupported)
 
 
 @task(name="register candidate", **REMOTE_CALL)
@@ -167,6 +170,7 @@ class ChampionScores:
     metrics: dict[str, float] | None
     run_id: str = ""
     problem: str = ""
+    features_config: str = ""  # the kept features it was scored from ("" none)
 
 
 @task(name="score champion on the same data", **REMOTE_CALL)
@@ -190,9 +194,11 @@ def champion_scores(root: Path, params: LineParams, data: DataVersion,
     except PickledModelError as error:
         return ChampionScores(version, None, problem=f"{error}, so it cannot be re-scored on this data")
     work = root / RUNS / f"champion-{params.name}-v{version}-{data.md5[:12]}"
-    metrics = evaluate(model, params, data.path, work).metrics
+    kept = kept_features(root, params)
+    metrics = evaluate(model, params, data.path, work, kept).metrics
     return ChampionScores(version, metrics, registry.log_rescored(params.name, champion, data, metrics,
-                                                                  code_version()))
+                                                                  code_version()),
+                          features_config=kept.config(model) if kept else "")
 
 
 @task(name="record the decision", **REMOTE_CALL)
@@ -211,6 +217,22 @@ def collect_kept_statistics(root: Path, line: str) -> None:
     freed = collect_statistics(Registry(root), line, store)
     kept = sum(fit.n_bytes for fit in store.kept(line))
     get_run_logger().info("%s: kept statistics %.1f MB (%.1f MB freed)", line, kept / 2**20, freed / 2**20)
+
+
+def kept_features(root: Path, params: LineParams) -> KeptFeatures | None:
+    """The line's kept validation and test features, unless ``fit.keep_features`` is off."""
+    return KeptFeatures(root, params.name, code_version()) if params.fit.keep_features else None
+
+
+@task(name="collect kept features", cache_policy=NO_CACHE)
+def collect_kept_features(root: Path, params: LineParams, data: DataVersion, configs: set[str]) -> None:
+    """Keep features only of this data version's validation and test images, under the configs
+    this retrain scored with (bounded size: one version's evaluation images per config)."""
+    kept = KeptFeatures(root, params.name, code_version())
+    digests = {image_digest(path) for path in evaluation_images(data.path)}
+    freed = kept.collect_garbage(configs - {""}, digests)
+    get_run_logger().info("%s: kept features %.1f MB (%.1f MB freed)", params.name, kept.n_bytes() / 2**20,
+                          freed / 2**20)
 
 
 @flow(name="retrain-product-line", log_prints=True)
@@ -268,6 +290,8 @@ def fit_register_and_decide(project: Path, params: LineParams, data: DataVersion
     links = {"candidate_run": candidate.run_id} | ({"champion_run": champion.run_id} if champion else {})
     outcome = record_decision(project, params, candidate, decision, lock, links)
     collect_kept_statistics(project, params.name)
+    collect_kept_features(project, params, data, {trained.fit.get("features_config", ""),
+                                                  champion.features_config if champion else ""})
     reason = decision.reason
     if outcome == PENDING:
         reason += (f"; waits for approval: padim-mlops approve {params.name} {candidate.version} --reason ..."

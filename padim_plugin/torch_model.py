@@ -161,8 +161,21 @@ class StreamingPadimModel(nn.Module):
             self.cell_offsets = measured.to(self.cell_offsets.device)
         return self.cell_offsets
 
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's maps of the three layers, (B, C_l, h_l, w_l) each: what depends on the
+        images and the backbone only, never on the fit (so they can be kept and scored again)."""
+        # channels-last input: oneDNN's convolutions run about 1.5x faster on the CPU (measured in
+        # bench/runtimes.py), and the result is the same up to float rounding
+        images = as_three_channels(images).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            return list(self.feature_extractor(images))
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch embeddings (B, n_features, h, w) at the resolution of the first layer.
+        """Patch embeddings (B, n_features, h, w) at the resolution of the first layer."""
+        return self.embed_features(self.features(images))
+
+    def embed_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The backbone's maps reduced and placed into patch embeddings (B, n_features, h, w).
 
         Each layer is reduced at its own resolution (its channels of the random subset, or its
         rows of the projection), then placed once, straight into a positions-first (h, w, B, C)
@@ -171,13 +184,8 @@ class StreamingPadimModel(nn.Module):
         maps, takes for each cell the deeper cell whose centre is nearest.
         """
         offsets = self.measured_cell_offsets()
-        # channels-last input: oneDNN's convolutions run about 1.5x faster on the CPU (measured in
-        # bench/runtimes.py), and the result is the same up to float rounding
-        images = as_three_channels(images).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            features = self.feature_extractor(images)
         height, width = features[0].shape[-2:]
-        embedding = features[0].new_empty(height, width, images.shape[0], self.n_features)
+        embedding = features[0].new_empty(height, width, features[0].shape[0], self.n_features)
         start = 0
         for layer, feature in enumerate(features):
             reduced = self._reduce(feature, layer)  # (h_l, w_l, B, c)
@@ -264,19 +272,25 @@ class StreamingPadimModel(nn.Module):
         if self.training:
             self.accumulate(images)
             return torch.empty(0)
+        return self.score_features(self.features(images), images.shape[-2:])
+
+    def score_features(self, features: Sequence[torch.Tensor],
+                       image_size: tuple[int, int] | torch.Size) -> InferenceBatch:
+        """Scores and maps of images of ``image_size`` from their backbone maps (``features``):
+        what ``forward`` gives for the images themselves."""
         if not self.is_fitted:
             raise NotFittedError("StreamingPadim is not fitted yet: fit it on normal images first")
-        embedding = self.embed(images)
+        embedding = self.embed_features(features)
         positions = embedding.shape[-2] * embedding.shape[-1]
         if positions != self.mean.shape[0]:
             msg = (
-                f"images of size {tuple(images.shape[-2:])} give {positions} patch positions, but"
+                f"images of size {tuple(image_size)} give {positions} patch positions, but"
                 f" the model was fitted with {self.mean.shape[0]}: resize them to the training size"
             )
             raise ValueError(msg)
         distance = mahalanobis(embedding, self.mean, self.whitening).unsqueeze(1)
         offsets = self.measured_cell_offsets()
         first_layer = None if offsets is None else (float(offsets[0, 0]), float(offsets[0, 1]))
-        anomaly_map = self.anomaly_map(distance, images.shape[-2:], first_layer)
+        anomaly_map = self.anomaly_map(distance, image_size, first_layer)
         pred_score = image_score(anomaly_map, self.top_k_percent)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

@@ -27,6 +27,7 @@ from padim_plugin.mvtec import mvtec_samples
 from padim_plugin.scoring import raw_image_threshold, raw_pixel_threshold
 
 from ..config import LineParams
+from .features import KeptFeatures
 from .predictions import Predictions, predict_role
 from .thresholds import proportion_interval
 
@@ -50,9 +51,11 @@ class Evaluation:
     figures: dict[str, Path] = field(default_factory=dict)
 
 
-def evaluate(model: StreamingPadim, params: LineParams, data_path: Path, work_dir: Path) -> Evaluation:
-    """Predict the test split once and compute every metric from those predictions."""
-    test = predict_role(model, params, data_path, "test", work_dir)
+def evaluate(model: StreamingPadim, params: LineParams, data_path: Path, work_dir: Path,
+             kept: KeptFeatures | None = None) -> Evaluation:
+    """Predict the test split once (from the ``kept`` features where there are some) and compute
+    every metric from those predictions."""
+    test = predict_role(model, params, data_path, "test", work_dir, kept)
     threshold = raw_image_threshold(model)  # set by calibration, from validation
     metrics, unavailable = role_counts(data_path), {}
     for name, value in image_metrics(test.labels, test.scores, threshold).items():
@@ -108,6 +111,12 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
     else:
         result["image_auroc"] = NO_DEFECTS if len(normal) else NO_NORMALS
     return result
+
+
+def evaluation_images(data_path: Path) -> list[Path]:
+    """The validation and test images of a line's data: the ones calibration and evaluation score."""
+    samples = mvtec_samples(data_path)
+    return [Path(path) for path in samples.image_path[samples.split.isin(("val", "test"))]]
 
 
 def role_counts(data_path: Path) -> dict[str, int]:

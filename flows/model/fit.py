@@ -14,6 +14,7 @@ from padim_plugin import StreamingGaussian, StreamingPadim
 
 from ..config import LineParams
 from .build import build_datamodule, build_model, engine
+from .features import KeptFeatures
 from .predictions import predict_role
 from .progress import ImageProgress
 from .thresholds import Calibration, calibrate
@@ -55,10 +56,11 @@ def fit_statistics(params: LineParams, data_path: Path, work_dir: Path) -> Strea
 
 
 def fit_line(params: LineParams, data_path: Path, work_dir: Path,
-             statistics: StreamingGaussian | None = None) -> tuple[StreamingPadim, Calibration]:
+             statistics: StreamingGaussian | None = None,
+             kept: KeptFeatures | None = None) -> tuple[StreamingPadim, Calibration]:
     """Fit on the train role (or on its ``statistics``, gathered already), then set threshold and
-    normalisation from the validation role only (callers validate the data first). The test role
-    is never read here.
+    normalisation from the validation role only (callers validate the data first), scored from
+    the ``kept`` features where there are some. The test role is never read here.
 
     The fitted model keeps the mean and whitening factor it scores with, not the streamed
     statistics (they are only needed to keep fitting, see flows.model.incremental), so the saved model
@@ -68,7 +70,7 @@ def fit_line(params: LineParams, data_path: Path, work_dir: Path,
         statistics = embed_statistics(params, data_path, work_dir)
     model = model_from_statistics(params, statistics)
     model.model.gaussian = StreamingGaussian()
-    validation = predict_role(model, params, data_path, "validation", work_dir)
+    validation = predict_role(model, params, data_path, "validation", work_dir, kept)
     calibration = calibrate(validation.labels, validation.scores, validation.pixel_labels,
                             validation.pixel_scores, validation.map_range, params.thresholds)
     apply_calibration(model, calibration)

@@ -1,13 +1,15 @@
 """Raw outputs of a model on one role of a line (validation for thresholds, test for metrics).
 
 Scores are the model's raw ones (its post-processor is bypassed), so thresholds and
-threshold-free metrics never depend on a normalisation learnt elsewhere. Pixel ground truth is
-known for normal images (empty by definition) and for defect images with a mask; defect images
-labelled per image only take no part in pixel-level numbers.
+threshold-free metrics never depend on a normalisation learnt elsewhere. Given the line's kept
+features (flows.model.features), the backbone runs only on images whose maps are not kept yet.
+Pixel ground truth is known for normal images (empty by definition) and for defect images with a
+mask; defect images labelled per image only take no part in pixel-level numbers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from padim_plugin import StreamingPadim
 
 from ..config import LineParams
 from .build import build_datamodule, engine
+from .features import KeptFeatures, ModelFeatures, image_digest
 from .progress import ImageProgress
 
 PIXEL_STRIDE = 2  # every 4th pixel of each map: pixel-level numbers in bounded memory
@@ -42,17 +45,21 @@ class Predictions:
 
 
 def predict_role(model: StreamingPadim, params: LineParams, data_path: Path, role: str,
-                 work_dir: Path) -> Predictions:
-    """Score every image of ``role`` ("validation" or "test") with the post-processor bypassed."""
+                 work_dir: Path, kept: KeptFeatures | None = None) -> Predictions:
+    """Score every image of ``role`` ("validation" or "test") with the post-processor bypassed;
+    from the ``kept`` features where they are, keeping those of the others."""
     datamodule = build_datamodule(params, data_path)
     datamodule.setup()
     loader = datamodule.val_dataloader() if role == "validation" else datamodule.test_dataloader()
     samples = loader.dataset.samples
     has_mask = dict(zip(samples.image_path, samples.mask_path != "", strict=True))
+    progress = ImageProgress(params.name, f"{role} images scored", len(samples))
     post_processor, model.post_processor = model.post_processor, None
     try:
-        progress = ImageProgress(params.name, f"{role} images scored", len(samples))
-        batches = engine(work_dir, progress).predict(model=model, dataloaders=loader)
+        if kept is None:
+            batches = engine(work_dir, progress).predict(model=model, dataloaders=loader)
+        else:
+            batches = score_from_kept_features(model, loader, kept.for_model(model), progress)
     finally:
         model.post_processor = post_processor
     labels, scores, ground_truth, pixel_labels, pixel_scores, paths = [], [], [], [], [], []
@@ -84,3 +91,34 @@ def predict_role(model: StreamingPadim, params: LineParams, data_path: Path, rol
         pixel_scores=torch.cat(pixel_scores).numpy(),
         map_range=(low, high),
     )
+
+
+def score_from_kept_features(model: StreamingPadim, loader: Iterable, kept: ModelFeatures,
+                             progress: ImageProgress) -> list:
+    """What the Engine's predict loop gives (pre-processed images and masks, raw scores and maps),
+    with the backbone run only on the images whose maps are not kept, and their maps kept."""
+    core = model.model.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    core.to(device)
+    batches = []
+    progress.start()
+    with torch.no_grad():
+        for batch in loader:
+            images, masks = model.pre_processor.transform(batch.image, batch.gt_mask)
+            digests = [image_digest(Path(path)) for path in batch.image_path]
+            maps = [kept.get(digest) for digest in digests]
+            missing = [index for index, found in enumerate(maps) if found is None]
+            if missing:
+                fresh = core.features(images[missing].to(device))
+                for row, index in enumerate(missing):
+                    maps[index] = [layer[row].cpu() for layer in fresh]
+                    kept.keep(digests[index], maps[index])
+            features = [torch.stack([image_maps[layer] for image_maps in maps]).to(device)
+                        for layer in range(len(maps[0]))]
+            scored = core.score_features(features, images.shape[-2:])
+            batch.update(image=images, gt_mask=masks, pred_score=scored.pred_score.cpu(),
+                         anomaly_map=scored.anomaly_map.cpu())
+            batches.append(batch)
+            progress.advance(len(digests))
+    progress.end()
+    return batches

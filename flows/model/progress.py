@@ -2,7 +2,8 @@
 follow: images done out of the total and the time elapsed, every ``every_s`` seconds and at the end.
 
 A Lightning callback, so fitting and predicting report through the Engine that runs them, whatever
-device or process runs it; the lines go to this module's logger, which padim's console shows.
+device or process runs it (a loop of its own calls ``start``, ``advance`` and ``end``); the lines go
+to this module's logger, which padim's console shows.
 """
 
 from __future__ import annotations
@@ -27,37 +28,37 @@ class ImageProgress(Callback):
         self.every_s = EVERY_S if every_s is None else every_s
         self.done, self.started, self.last = 0, 0.0, 0.0
 
-    def _start(self) -> None:
+    def start(self) -> None:
         self.done, self.started = 0, time.monotonic()
         self.last = self.started
 
-    def _advance(self, batch: Any) -> None:
-        self.done += len(batch.image)
+    def advance(self, images: int) -> None:
+        self.done += images
         now = time.monotonic()
         if now - self.last >= self.every_s and self.done < self.total:
             self.last = now
             logger.info("%s: %d/%d %s, %.0f s", self.line, self.done, self.total, self.what,
                         now - self.started)
 
-    def _end(self) -> None:
+    def end(self) -> None:
         logger.info("%s: %d %s in %.1f s", self.line, self.done, self.what, time.monotonic() - self.started)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start()
+        self.start()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._advance(batch)
+        self.advance(len(batch.image))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._end()
+        self.end()
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start()
+        self.start()
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._advance(batch)
+        self.advance(len(batch.image))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._end()
+        self.end()

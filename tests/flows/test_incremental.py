@@ -12,6 +12,8 @@ import torch
 
 from flows.cli import main
 from flows.config import FitParams
+from flows.model.evaluate import evaluation_images
+from flows.model.features import FEATURES, SUFFIX, image_digest
 from flows.model.incremental import KeptFit, StatisticsStore, plan_refit
 from flows.registry.registry import Registry, model_name
 from padim_plugin.statistics import load_statistics
@@ -101,6 +103,19 @@ def test_a_retrain_after_added_and_removed_images_embeds_only_those_and_equals_a
     assert scores.keys() == incremental_metrics.keys() - {"fit_images_embedded"}
     for name, value in scores.items():
         assert incremental_metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_a_retrain_embeds_only_new_validation_and_test_images_and_keeps_those_of_its_version(
+        two_versions: tuple[Path, str]) -> None:
+    root, _ = two_versions
+    kept = root / FEATURES / "alpha"
+    before = {path.name: path.stat().st_mtime_ns for path in kept.rglob(f"*{SUFFIX}")}
+    assert main(["--root", str(root), "retrain", "alpha"]) == 0
+    after = {path.name: path.stat().st_mtime_ns for path in kept.rglob(f"*{SUFFIX}")}
+    current = {image_digest(path) + SUFFIX for path in evaluation_images(snapshot(root, "HEAD"))}
+    assert after.keys() == current  # one config: the candidate's and the champion's backbone
+    seen = before.keys() & current
+    assert seen and {name: after[name] for name in seen} == {name: before[name] for name in seen}
 
 
 def test_a_downdate_that_would_lose_precision_falls_back_to_a_full_refit_and_says_so(
