@@ -22,15 +22,17 @@ import matplotlib
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
+from torchvision.transforms.v2 import Resize
 
 from padim_plugin import StreamingPadim
+from padim_plugin.images import decode_image
 from padim_plugin.mvtec import mvtec_samples
 from padim_plugin.scoring import raw_image_threshold, raw_pixel_threshold
 
 from ..config import LineParams
 from .curves import AUPRO, auroc
 from .features import KeptFeatures
-from .predictions import Predictions, predict_role
+from .predictions import Predictions, ScoredBatch, predict_role
 from .thresholds import proportion_interval
 
 matplotlib.use("Agg")
@@ -142,8 +144,7 @@ def _aupro(test: Predictions) -> float:
         known = torch.from_numpy(test.has_ground_truth[offset : offset + len(batch.image_path)])
         offset += len(batch.image_path)
         if known.any() and batch.gt_mask is not None:
-            maps, masks = batch.anomaly_map.squeeze(1)[known], batch.gt_mask.squeeze(1)[known]
-            aupro.update(maps.cpu(), masks.cpu().int())
+            aupro.update(batch.anomaly_map.squeeze(1)[known], batch.gt_mask[known])
     return float(aupro.compute())
 
 
@@ -153,7 +154,7 @@ def write_metrics(evaluation: Evaluation, path: Path) -> Path:
     return path
 
 
-def draw_figures(evaluation: Evaluation, batches: list, folder: Path, threshold: float,
+def draw_figures(evaluation: Evaluation, batches: list[ScoredBatch], folder: Path, threshold: float,
                  pixel_threshold: float) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return {
@@ -163,7 +164,7 @@ def draw_figures(evaluation: Evaluation, batches: list, folder: Path, threshold:
     }
 
 
-def _heatmap_panel(batches: list, path: Path, threshold: float, pixel_threshold: float,
+def _heatmap_panel(batches: list[ScoredBatch], path: Path, threshold: float, pixel_threshold: float,
                    per_row: int = 6) -> Path:
     """What a reviewer checks first, one row each: the worst false alarms (highest-scored normal
     images), the missed defects (lowest-scored defect images) and the hits (highest-scored defect
@@ -194,14 +195,11 @@ def _heatmap_panel(batches: list, path: Path, threshold: float, pixel_threshold:
                 axis.axis("off")
                 continue
             score, label, batch, index = tiles[column]
-            image = batch.image[index].float()
-            image = (image - image.min()) / (image.max() - image.min() + 1e-8)
-            axis.imshow(image.permute(1, 2, 0).cpu().numpy())
-            heat = batch.anomaly_map[index].squeeze().cpu().numpy()
+            heat = batch.anomaly_map[index].squeeze().numpy()
+            axis.imshow(_display_image(batch.image_path[index], heat.shape))
             image_layer = axis.imshow(heat, cmap="jet", alpha=0.45, vmin=low, vmax=high)
             if batch.gt_mask is not None and batch.gt_mask[index].any():
-                axis.contour(batch.gt_mask[index].squeeze().cpu().numpy(), levels=[0.5], colors="white",
-                             linewidths=1)
+                axis.contour(batch.gt_mask[index].numpy(), levels=[0.5], colors="white", linewidths=1)
             flagged = "flagged" if score > threshold else "passed"
             axis.set_title(f"{Path(batch.image_path[index]).parent.name} {score:.1f} {flagged}", fontsize=8)
     if image_layer is not None:
@@ -213,6 +211,12 @@ def _heatmap_panel(batches: list, path: Path, threshold: float, pixel_threshold:
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
+
+
+def _display_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    """The image as the model saw it (resized to its map), RGB uint8."""
+    pixels = torch.from_numpy(decode_image(path)).permute(2, 0, 1)
+    return Resize(size, antialias=True)(pixels).permute(1, 2, 0).numpy()
 
 
 def _roc_figure(evaluation: Evaluation, path: Path) -> Path:
