@@ -72,6 +72,8 @@ BACKBONES: dict[str, tuple[int, int]] = {
     "resnet18": (100, 224),
     "wide_resnet50_2": (550, 224),
     "efficientnet_lite0": (100, 256),
+    "efficientnet_lite1": (100, 256),
+    "efficientnet_lite2": (100, 256),
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

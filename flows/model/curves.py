@@ -13,15 +13,29 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 from anomalib.metrics.aupro import _AUPRO
+from torchmetrics.utilities.data import dim_zero_cat
 
 
 class AUPRO(_AUPRO):
     """anomalib's AUPRO (per-region overlap up to ``fpr_limit``, normalised); its PRO curve is
     computed from the pixels at or above the score at which the false-positive rate passes the
     limit."""
+
+    def perform_cca(self) -> torch.Tensor:
+        """anomalib's region labels (OpenCV's 8-connected components, numbered on from image to
+        image), in one pass per image instead of one per region."""
+        masks = dim_zero_cat(self.target).cpu().numpy().astype(np.uint8)
+        regions = np.zeros(masks.shape, dtype=np.int64)
+        offset = 0
+        for index, mask in enumerate(masks):
+            count, components = cv2.connectedComponents(mask)
+            regions[index] = np.where(components > 0, components + offset, 0)
+            offset += count - 1
+        return torch.from_numpy(regions)
 
     def compute_pro(self, cca: torch.Tensor, preds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         labels = cca.reshape(-1).long()

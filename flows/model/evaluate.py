@@ -15,6 +15,7 @@ point (score histograms and the false-alarm/recall curve at the threshold).
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,15 +70,20 @@ def evaluate(model: StreamingPadim, params: LineParams, data_path: Path, work_di
             metrics[name] = value
     metrics |= {"pixel_eval_images": int(test.has_ground_truth.sum()),
                 "pixel_eval_defect_images": test.pixel_defect_images}
-    if test.pixel_defect_images and test.pixel_labels.any():
-        metrics["pixel_auroc"] = auroc(test.pixel_labels, test.pixel_scores)
-        metrics["pixel_aupro"] = _aupro(test)
-    else:
-        why = NO_MASKS if (test.labels == 1).any() else NO_DEFECTS
-        unavailable |= {"pixel_auroc": why, "pixel_aupro": why}
-    evaluation = Evaluation(metrics, unavailable, test.image_paths, test.labels, test.scores)
-    evaluation.figures = draw_figures(evaluation, test.batches, work_dir / "figures", threshold,
-                                      raw_pixel_threshold(model))
+    pixel_level = bool(test.pixel_defect_images and test.pixel_labels.any())
+    # AUPRO spends its time in torch's sorts, which release the GIL: the rest runs meanwhile
+    with ThreadPoolExecutor(max_workers=1) as background:
+        aupro = background.submit(_aupro, test) if pixel_level else None
+        if pixel_level:
+            metrics["pixel_auroc"] = auroc(test.pixel_labels, test.pixel_scores)
+        else:
+            why = NO_MASKS if (test.labels == 1).any() else NO_DEFECTS
+            unavailable |= {"pixel_auroc": why, "pixel_aupro": why}
+        evaluation = Evaluation(metrics, unavailable, test.image_paths, test.labels, test.scores)
+        evaluation.figures = draw_figures(evaluation, test.batches, work_dir / "figures", threshold,
+                                          raw_pixel_threshold(model))
+        if aupro is not None:
+            metrics["pixel_aupro"] = aupro.result()
     return evaluation
 
 
