@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from padim_plugin.artifact import file_sha256, package_versions
-from padim_plugin.exported import FORMATS, export_model, image_size, raw_errors
+from padim_plugin.exported import FORMATS, export_model, raw_errors
 from padim_plugin.runtime import ExportedModel
+from padim_plugin.scoring import image_size
 
 from .data.folders import swapped_in
 from .registry.registry import TAG, Registry, model_name

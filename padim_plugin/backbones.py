@@ -32,18 +32,13 @@ NATIVE_INPUT_SIZES: dict[str, int] = {
     "efficientnet_lite1": 240,
     "efficientnet_lite2": 260,
 }
-DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
-    # the three stages at strides 4, 8 and 16
-    "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
-    "efficientnet_lite1": ("blocks.1", "blocks.2", "blocks.4"),
-    "efficientnet_lite2": ("blocks.1", "blocks.2", "blocks.4"),
-}
+# the EfficientNet-Lite family shares its stage layout: the three stages at strides 4, 8 and 16
+DEFAULT_LAYERS: dict[str, tuple[str, ...]] = dict.fromkeys(PACKAGED_IMAGENET_WEIGHTS,
+                                                           ("blocks.1", "blocks.2", "blocks.4"))
 RESNET_LAYERS = ("layer1", "layer2", "layer3")
 # one stage deeper each (strides 8, 16, 32): coarser cells that see more context, an option to tune
-DEEPER_LAYERS: dict[str, tuple[str, ...]] = {
-    "efficientnet_lite0": ("blocks.2", "blocks.4", "blocks.6"),
-    "efficientnet_lite1": ("blocks.2", "blocks.4", "blocks.6"),
-    "efficientnet_lite2": ("blocks.2", "blocks.4", "blocks.6"),
+DEEPER_LAYERS: dict[str, tuple[str, ...]] = dict.fromkeys(PACKAGED_IMAGENET_WEIGHTS,
+                                                          ("blocks.2", "blocks.4", "blocks.6")) | {
     "resnet18": ("layer2", "layer3", "layer4"),
     "wide_resnet50_2": ("layer2", "layer3", "layer4"),
 }

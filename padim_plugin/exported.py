@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import openvino
 import torch
-from torchvision.transforms.v2 import Resize
 
 from .runtime import FORMATS, ExportedModel, relative_error
+from .scoring import image_size
 
 
 def export_model(model: torch.nn.Module, export_format: str, folder: Path,
@@ -52,16 +52,6 @@ def openvino_from_onnx(onnx_path: Path, folder: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     openvino.save_model(openvino.convert_model(onnx_path), target, compress_to_fp16=False)
     return target
-
-
-def image_size(model: torch.nn.Module) -> tuple[int, int]:
-    """The (height, width) the model's pre-processor resizes to."""
-    transform = getattr(model.pre_processor, "transform", None)
-    resize = next((t for t in getattr(transform, "transforms", [transform]) if isinstance(t, Resize)), None)
-    if resize is None or not isinstance(resize.size, list | tuple):
-        raise ValueError("the model's pre-processor has no fixed-size Resize: pass an input size")
-    height, width = (resize.size * 2)[:2] if len(resize.size) == 1 else resize.size
-    return int(height), int(width)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torchvision.transforms.v2 import Resize
 
 
 def indices_by_shape(shapes: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
@@ -20,6 +21,16 @@ def indices_by_shape(shapes: list[tuple[int, ...]]) -> dict[tuple[int, ...], lis
     for index, shape in enumerate(shapes):
         groups.setdefault(shape, []).append(index)
     return groups
+
+
+def image_size(model: torch.nn.Module) -> tuple[int, int]:
+    """The (height, width) the model's pre-processor resizes to."""
+    transform = getattr(model.pre_processor, "transform", None)
+    resize = next((t for t in getattr(transform, "transforms", [transform]) if isinstance(t, Resize)), None)
+    if resize is None or not isinstance(resize.size, list | tuple):
+        raise ValueError("the model's pre-processor has no fixed-size Resize: pass an input size")
+    height, width = (resize.size * 2)[:2] if len(resize.size) == 1 else resize.size
+    return int(height), int(width)
 
 
 def raw_image_threshold(model: torch.nn.Module) -> float:

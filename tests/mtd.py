@@ -88,7 +88,7 @@ def fitted_on_mtd(model: torch.nn.Module, n_train: int, n_calibration: int = 20,
     from flows.config import ThresholdParams
     from flows.model.fit import apply_calibration
     from flows.model.thresholds import calibrate
-    from padim_plugin.exported import image_size
+    from padim_plugin.scoring import image_size
 
     images = torch.from_numpy(mtd_images("train", n_train + n_calibration, image_size(model)[0]))
     normalised = model.pre_processor.transform(images)

@@ -19,6 +19,7 @@ from anomalib.data.utils.image import read_mask
 
 from padim_plugin import StreamingPadim
 from padim_plugin.datamodule import MVTecLayoutDataset
+from padim_plugin.scoring import image_size
 
 from ..config import LineParams
 from .build import build_datamodule, engine
@@ -123,8 +124,7 @@ def score_from_kept_features(model: StreamingPadim, dataset: MVTecLayoutDataset,
     core = model.model.eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     core.to(device)
-    side = params.data.image_size
-    image_size = model.pre_processor.transform(torch.zeros(1, 3, side, side)).shape[-2:]
+    size = image_size(model)
     samples, batches = dataset.samples, []
     progress.start()
     with torch.no_grad():
@@ -141,10 +141,10 @@ def score_from_kept_features(model: StreamingPadim, dataset: MVTecLayoutDataset,
                     kept.keep(digests[index], maps[index])
             features = [torch.stack([image_maps[layer] for image_maps in maps]).to(device)
                         for layer in range(len(maps[0]))]
-            scored = core.score_features(features, image_size)
+            scored = core.score_features(features, size)
             masks = None
             if dataset.task == "segmentation":
-                masks = torch.stack([_mask(path, dataset, model, image_size) for path in rows.mask_path])
+                masks = torch.stack([_mask(path, dataset, model, size) for path in rows.mask_path])
             batches.append(ScoredBatch(list(rows.image_path), torch.tensor(rows.label_index.to_numpy()).int(),
                                        masks, scored.pred_score.flatten().cpu(), scored.anomaly_map.cpu()))
             progress.advance(len(rows))
@@ -153,11 +153,11 @@ def score_from_kept_features(model: StreamingPadim, dataset: MVTecLayoutDataset,
 
 
 def _mask(path: str, dataset: MVTecLayoutDataset, model: StreamingPadim,
-          image_size: torch.Size) -> torch.Tensor:
+          size: tuple[int, int]) -> torch.Tensor:
     """An image's mask as the Engine's batch has it: read, resized by the dataset, then by the
     model's pre-processor; empty when the image has none."""
     if not path:
-        return torch.zeros(image_size, dtype=torch.int32)
+        return torch.zeros(size, dtype=torch.int32)
     mask = read_mask(path, as_tensor=True)
     if dataset.augmentations:
         mask = dataset.augmentations(mask)
