@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from padim_plugin.presets import PRESET_OPTIONS, PRESETS
+
 from .data.validation import check_line_name
 
 # Every metric flows.model.evaluate logs (test split, at the validation threshold, with the rates the
@@ -38,7 +40,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# the option set a line gets unless params.yaml names another (padim_plugin.presets, bench/README.md)
+DEFAULT_PRESET = "aligned"
+
+
 class ModelParams(_Strict):
+    """The line's StreamingPadim options. ``preset`` (``aligned`` unless given) names the option set;
+    it is expanded when the params are read and only its options are kept, so logs, cache keys and
+    artifacts record what was fitted, not a name."""
+
     backbone: str = "efficientnet_lite0"
     layers: list[str] | None = None
     n_features: int | None = Field(100, gt=0)
@@ -48,8 +58,20 @@ class ModelParams(_Strict):
     top_k_percent: float | None = Field(None, gt=0, le=100)  # image score; None: the map's maximum
     pooling: Literal["per_position", "neighbourhood", "shared"] = "per_position"
     pooling_window: int = Field(3, ge=3)
-    align_maps: bool = False
+    align_maps: bool = PRESETS[DEFAULT_PRESET]["align_maps"]
     channel_reduction: Literal["random_subset", "projection"] = "random_subset"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, settings: Any) -> Any:
+        """The preset's options, then the keys given beside it (which win)."""
+        if not isinstance(settings, dict):
+            return settings
+        settings = dict(settings)
+        name = settings.pop("preset", DEFAULT_PRESET)
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return PRESETS[name] | settings
 
     @field_validator("pooling_window")
     @classmethod
@@ -246,7 +268,7 @@ def load_params(path: str | Path = "params.yaml") -> ProjectParams:
         except ValueError as error:
             raise ValueError(f"{path}: {where}: {error}") from None
         overrides = _mapping(value, path, where)
-        merged = _deep_merge(defaults, overrides)
+        merged = _deep_merge(_without_preset_options(defaults, overrides), overrides)
         if "gates" in overrides:
             merged["gates"] = overrides["gates"]  # a line's own gates are its whole policy
         lines[name] = _line_params(name, merged, path, where, f"product line {name!r}: ")
@@ -400,6 +422,16 @@ def set_line_model_options(path: str | Path, name: str, options: dict[str, Any])
         staged.unlink()
         raise
     staged.replace(path)
+
+
+def _without_preset_options(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The defaults a line's settings merge into: a line that names a preset takes that preset's
+    options, not the ones the defaults chose (a key the line gives beside it still wins)."""
+    line_model, default_model = overrides.get("model"), defaults.get("model")
+    if not (isinstance(line_model, dict) and "preset" in line_model and isinstance(default_model, dict)):
+        return defaults
+    kept = {key: value for key, value in default_model.items() if key not in PRESET_OPTIONS | {"preset"}}
+    return defaults | {"model": kept}
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -6,10 +6,10 @@ The grid: layers (the line's, or the backbone's deeper stages) x channel reducti
 (one streamed fit each), x pooling of the Gaussians
 (each finalizes the same statistics anew), x image-score rule (computed from the same validation
 maps). The winner is the earliest grid point whose validation image AUROC is within one standard
-error of the best (the paper's model comes first), so that a line keeps the paper's model unless
-another option does clearly better on its own data: on a validation split of a few dozen images,
-the best of a large grid is mostly the luckiest. The grid is logged to the
-line's MLflow experiment as a table, and the winner is written into the line's ``params.yaml`` entry.
+error of the best (the default preset's options come first, then the paper's), so that a line keeps
+the default unless another option does clearly better on its own data: on a validation split of a
+few dozen images, the best of a large grid is mostly the luckiest. The grid is logged to the line's
+MLflow experiment as a table, and the winner is written into the line's ``params.yaml`` entry.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from .registry.registry import Registry
 from .tasks import REMOTE_CALL, RUNS, pull_data, validate_data
 
 EMBEDDINGS: tuple[dict[str, Any], ...] = (
+    {"channel_reduction": "random_subset", "align_maps": True},  # the default preset's (aligned)
     {"channel_reduction": "random_subset", "align_maps": False},  # the paper's
-    {"channel_reduction": "random_subset", "align_maps": True},
-    {"channel_reduction": "projection", "align_maps": False},
     {"channel_reduction": "projection", "align_maps": True},
+    {"channel_reduction": "projection", "align_maps": False},
 )
 POOLINGS: tuple[dict[str, Any], ...] = (
     {"pooling": "per_position", "pooling_window": 3},
@@ -98,7 +98,7 @@ def auroc_standard_error(auroc: float, n_defect: int, n_normal: int) -> float:
 def best(grid: list[GridPoint]) -> GridPoint:
     """The earliest grid point within one standard error of the highest validation image AUROC
     (the one-standard-error rule): on a small validation split the top of a grid is mostly noise,
-    and the earlier, simpler options (the paper's first) keep their place unless clearly beaten."""
+    and the earlier options (the default's first) keep their place unless clearly beaten."""
     top = max(grid, key=lambda point: point.image_auroc)
     return next(point for point in grid if point.image_auroc >= top.image_auroc - top.image_auroc_se)
 

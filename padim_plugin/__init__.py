@@ -9,6 +9,7 @@ from typing import Any
 
 _EXPORTS = {
     "NotFittedError": ".gaussian",
+    "PRESETS": ".presets",
     "StreamingGaussian": ".gaussian",
     "StreamingPadim": ".lightning_model",
     "StreamingPadimModel": ".torch_model",

@@ -20,8 +20,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backbones import weights_digest
+
 PROBE_SIZE = 256  # large enough that a central cell's receptive field stays inside the probe
 PROBE_IMAGES = 4
+# offsets already measured in this process, by backbone weights and tapped layers: a measurement
+# costs about a second on a CPU, and every model of one backbone gets the same answer
+_MEASURED: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+
+
+def measured_offsets(extractor: nn.Module, layers: tuple[str, ...], strides: list[int]) -> torch.Tensor:
+    """:func:`cell_offsets` of this backbone and these layers, measured once per process."""
+    key = (weights_digest(extractor), layers)
+    if key not in _MEASURED:
+        _MEASURED[key] = cell_offsets(extractor, strides)
+    return _MEASURED[key].clone()
 
 
 def cell_offsets(extractor: nn.Module, strides: list[int], seed: int = 0) -> torch.Tensor:

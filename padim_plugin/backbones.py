@@ -9,6 +9,7 @@ Weights are resolved without ever falling back to random ones silently:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -65,6 +66,16 @@ def native_input_size(backbone: str) -> int | None:
     """The image side the backbone's ImageNet weights were trained at, where known (else None):
     features are most ImageNet-like at that scale."""
     return NATIVE_INPUT_SIZES.get(backbone)
+
+
+def weights_digest(extractor: nn.Module) -> str:
+    """The sha256 of a backbone's tensors and their names: what its features depend on, whatever
+    file or package the weights came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(extractor.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def create_feature_extractor(

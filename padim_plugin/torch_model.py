@@ -17,7 +17,7 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F
 
-from .alignment import cell_offsets, nearest_cells
+from .alignment import measured_offsets, nearest_cells
 from .anomaly_map import AnomalyMapGenerator, image_score
 from .backbones import create_feature_extractor, default_layers
 from .gaussian import NotFittedError, StreamingGaussian, adopt_saved_shapes, mahalanobis
@@ -157,7 +157,7 @@ class StreamingPadimModel(nn.Module):
         if not self.align_maps:
             return None
         if self.cell_offsets.numel() == 0:
-            measured = cell_offsets(self.feature_extractor, self.strides)
+            measured = measured_offsets(self.feature_extractor, tuple(self.layers), self.strides)
             self.cell_offsets = measured.to(self.cell_offsets.device)
         return self.cell_offsets
 

@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from padim_plugin import StreamingPadim
+from padim_plugin.backbones import weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,8 @@ def feature_config(model: StreamingPadim, code_version: str) -> str:
     """Hash of what decides an image's backbone maps: the backbone's weights (hashed), layers and
     pre-processing as this model holds them, and the code."""
     core = model.model
-    weights = hashlib.sha256()
-    for name, tensor in sorted(core.feature_extractor.state_dict().items()):
-        weights.update(name.encode())
-        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     text = "|".join((core.backbone, ",".join(core.layers), repr(model.pre_processor.transform),
-                     weights.hexdigest(), torch.__version__, code_version))
+                     weights_digest(core.feature_extractor), torch.__version__, code_version))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -380,6 +380,8 @@ BAD_PARAMS = {
     "unknown choice": ("defaults:\n  model: {pooling: everywhere}\n",
                        "defaults.model.pooling: Input should be 'per_position', 'neighbourhood' or 'shared'"
                        " (got 'everywhere')"),
+    "unknown preset": ("lines:\n  alpha: {model: {preset: papr}}\n",
+                       "lines.alpha.model: unknown preset 'papr'; presets: aligned, paper"),
     "unknown export dtype": ("defaults:\n  export: {dtype: int8}\n",
                              "defaults.export.dtype: Input should be 'float32' or 'float16' (got 'int8')"),
     "text for a boolean": ("defaults:\n  fit: {incremental: sometimes}\n",

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from padim_plugin import StreamingPadimModel
-from padim_plugin.alignment import linear_from_centres, nearest_cells
+from padim_plugin.alignment import cell_offsets, linear_from_centres, nearest_cells
 
 SIZE = 256
 # centres of 16 px squares, away from the borders; 0.5 px above-left of the pixel named, since a
@@ -90,6 +90,16 @@ def test_measured_centres_travel_in_the_state_dict() -> None:
     restored = StreamingPadimModel(n_features=8, weights=None, align_maps=True)
     restored.load_state_dict(model.state_dict())
     torch.testing.assert_close(restored.cell_offsets, offsets, rtol=0, atol=0)  # not re-measured
+
+
+def test_offsets_kept_for_one_backbone_are_never_handed_to_another() -> None:
+    imagenet = StreamingPadimModel(n_features=8, align_maps=True)
+    imagenet.measured_cell_offsets()  # kept for this process
+    random = StreamingPadimModel(n_features=8, weights=None, align_maps=True)
+    for model in (StreamingPadimModel(n_features=8, align_maps=True), random):
+        fresh = cell_offsets(model.feature_extractor, model.strides)
+        torch.testing.assert_close(model.measured_cell_offsets(), fresh, rtol=0, atol=0)
+    assert not torch.equal(random.cell_offsets, imagenet.cell_offsets)
 
 
 def test_the_papers_model_has_no_offsets_to_measure() -> None:
