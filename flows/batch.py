@@ -73,7 +73,7 @@ def score_files(registry: Registry, line: str, files: list[Path], out: Path, ali
                 writer.writerow([str(path), "", "", *context, "", error])
                 report.failed.append(f"{path}: {error}")
             for paths, images in batch.by_size():
-                output = model.predict(images)
+                output = model.predict(images, params={"anomaly_map": "values"})  # for the heatmaps
                 for index, path in enumerate(paths):
                     score, label = float(output["pred_score"][index]), int(output["pred_label"][index])
                     overlay = out / f"{position[path]:05d}_{path.stem}_heatmap.png"  # unique per file

@@ -1,18 +1,31 @@
 """Score images with a fitted StreamingPadim: the whole anomalib pipeline in one call.
 
-``score_arrays``: uint8 images (N, H, W, 3) RGB, or (N, H, W) grey. ``score_payload``: what a REST
-client sends, pixels or base64-encoded images, possibly of several sizes. Output: ``pred_score``
-(N,) normalised so that the model's threshold sits at 0.5, ``pred_label`` (N,) 0/1, and
-``anomaly_map`` at each input's size: (N, H, W), or a list of (H, W) when sizes differ. Used by the
-MLflow pyfunc; needs no MLOps package.
+``score_arrays``: uint8 images (N, H, W, 3) RGB, or (N, H, W) grey. Output: ``pred_score`` (N,)
+normalised so that the model's threshold sits at 0.5, ``pred_label`` (N,) 0/1, and ``anomaly_map``
+(N, H, W) at the inputs' size, normalised so that the pixel threshold sits at 0.5, within 0..1.
+
+``score_payload``: what a REST client sends, pixels or base64-encoded images, possibly of several
+sizes (one batch per size). Its reply is compact unless the map is asked for: ``pred_score`` and
+``pred_label`` only (a few dozen bytes per image, where a 256 px map as JSON is about 1 MB);
+``anomaly_map="values"`` adds ``anomaly_map``, ``"png"`` adds ``anomaly_map_png`` (each map as a
+base64 8-bit grey PNG, value x 255: the pixel threshold at 128), either at most ``map_size`` px on
+its longer side if given (area-averaged), else at its image's size. Used by the MLflow pyfunc;
+needs no MLOps package.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 from torchvision.transforms.v2 import Resize
+
+# how a REST reply carries each image's anomaly map: not at all (the default), as values, or as PNG
+MAP_FORMATS = ("none", "values", "png")
 
 
 def indices_by_shape(shapes: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
@@ -70,7 +83,6 @@ def decode_payload(payload: object) -> list[np.ndarray]:
     """Images as a REST client sends them: an integer array (N, H, W, 3) or (N, H, W) of 0..255,
     or encoded images (base64 text or bytes of PNG, JPEG, ...) in an ``image`` column or key, or
     as an array of strings. Returns uint8 arrays; bad items raise ImageDecodeError naming them."""
-    import base64
     import binascii
 
     import pandas as pd
@@ -107,18 +119,47 @@ def decode_payload(payload: object) -> list[np.ndarray]:
     return images
 
 
-def score_payload(model: torch.nn.Module, payload: object) -> dict[str, np.ndarray | list[np.ndarray]]:
-    """Score a REST payload (see :func:`decode_payload`); images of several sizes are scored in
-    groups of one size, and their maps come back as a list, each at its image's size."""
+def score_payload(model: torch.nn.Module, payload: object, anomaly_map: str = "none",
+                  map_size: int | None = None) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """Score a REST payload (see :func:`decode_payload`): a score and a label per image, and the
+    maps only as ``anomaly_map`` asks (module docstring). Images of one size share a batch; maps of
+    several sizes come back as a list."""
+    if anomaly_map not in MAP_FORMATS:
+        raise ValueError(f"anomaly_map must be one of {', '.join(MAP_FORMATS)}; got {anomaly_map!r}")
+    if map_size is not None and (not isinstance(map_size, int) or map_size < 1):
+        raise ValueError(f"map_size must be a whole number of pixels >= 1, got {map_size!r}")
     images = decode_payload(payload)
-    shapes = [image.shape for image in images]
-    if len(set(shapes)) <= 1:
-        return score_arrays(model, np.stack(images))
     scores, labels = np.zeros(len(images), np.float32), np.zeros(len(images), np.int64)
     maps: list[np.ndarray] = [np.empty(0)] * len(images)
-    for indices in indices_by_shape(shapes).values():
+    for indices in indices_by_shape([image.shape for image in images]).values():
         output = score_arrays(model, np.stack([images[i] for i in indices]))
         scores[indices], labels[indices] = output["pred_score"], output["pred_label"]
         for position, index in enumerate(indices):
             maps[index] = output["anomaly_map"][position]
-    return {"pred_score": scores, "pred_label": labels, "anomaly_map": maps}
+    reply: dict[str, np.ndarray | list[np.ndarray]] = {"pred_score": scores, "pred_label": labels}
+    if anomaly_map == "none":
+        return reply
+    maps = [shrunk_map(m, map_size) for m in maps]
+    if anomaly_map == "png":
+        reply["anomaly_map_png"] = np.array([map_png(m) for m in maps])
+    else:
+        reply["anomaly_map"] = np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
+    return reply
+
+
+def shrunk_map(anomaly_map: np.ndarray, map_size: int | None) -> np.ndarray:
+    """The map at most ``map_size`` px on its longer side, each pixel the mean of those it covers."""
+    height, width = anomaly_map.shape
+    if map_size is None or max(height, width) <= map_size:
+        return anomaly_map
+    scale = map_size / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.adaptive_avg_pool2d(torch.from_numpy(anomaly_map)[None, None], size)[0, 0].numpy()
+
+
+def map_png(anomaly_map: np.ndarray) -> str:
+    """A normalised map (0..1) as base64 8-bit grey PNG, value x 255 rounded."""
+    grey = np.rint(np.clip(anomaly_map, 0, 1) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG")  # 2-D uint8: mode L
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -6,8 +6,9 @@ wrote: data, never code.
 Input (no input schema, so that both kinds pass MLflow's server): pixels, an integer array
 (N, H, W, 3) RGB or (N, H, W) grey of 0..255; or encoded images (base64 PNG/JPEG/...) as an
 ``image`` column of a DataFrame, an ``image`` key, or an array of strings. Output: ``pred_score``
-(N,) normalised so that the validation threshold sits at 0.5, ``pred_label`` (N,) 0/1, and
-``anomaly_map`` at each input's size: (N, H, W), or a list when the images differ in size.
+(N,) normalised so that the validation threshold sits at 0.5 and ``pred_label`` (N,) 0/1; the maps
+only when the request's params ask (``{"params": {"anomaly_map": "png", "map_size": 64}}``; values:
+``padim_plugin.scoring.MAP_FORMATS``), as ``anomaly_map`` values or ``anomaly_map_png``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
         """Bad input is the client's error (HTTP 400 from the server) with a message naming the item.
         No type hints: MLflow would validate the input against them, and no hint says "pixels or
         encoded images" (the signature is logged explicitly)."""
-        del context, params
+        del context
+        params = params or {}
         try:
-            return score_payload(self.model, model_input)
+            return score_payload(self.model, model_input, params.get("anomaly_map", "none"),
+                                 params.get("map_size") or None)
         except ValueError as error:  # ImageDecodeError included
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
 

@@ -595,17 +595,19 @@ def _example_images(size: int) -> np.ndarray:
 
 
 def _signature():
-    """Named outputs; no input schema, since one cannot say "uint8 pixels or encoded images"."""
+    """Named outputs and the params a request may set; no input schema, since one cannot say
+    "uint8 pixels or encoded images". The maps, only on request, are not in the outputs."""
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
     return ModelSignature(
         inputs=None,  # pixels or encoded images: flows/pyfunc.py checks and decodes either
         outputs=Schema([
             TensorSpec(np.dtype(np.float32), (-1,), "pred_score"),
             TensorSpec(np.dtype(np.int64), (-1,), "pred_label"),
-            TensorSpec(np.dtype(np.float32), (-1, -1, -1), "anomaly_map"),
         ]),
+        params=ParamSchema([ParamSpec("anomaly_map", "string", "none"),  # none, values or png
+                            ParamSpec("map_size", "long", 0)]),  # longer side in px; 0: the image's
     )
 
 

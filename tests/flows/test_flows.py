@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
@@ -122,7 +124,7 @@ def test_champion_loads_and_scores_in_a_fresh_process_without_flows_prefect_or_d
         "import mlflow, numpy as np\n"
         "uri = 'models:/padim-alpha@champion'\n"
         "model = mlflow.pyfunc.load_model(uri)\n"
-        "out = model.predict(np.load(sys.argv[1]))\n"
+        "out = model.predict(np.load(sys.argv[1]), params={'anomaly_map': 'values'})\n"
         "files = [p.name for p in pathlib.Path(mlflow.artifacts.download_artifacts(uri)).rglob('*')]\n"
         "print(json.dumps({k: np.asarray(v).tolist() for k, v in out.items() if k != 'anomaly_map'}"
         " | {'map_shape': list(out['anomaly_map'].shape), 'files': files}))\n"
@@ -416,32 +418,44 @@ def test_a_pickled_champion_is_never_loaded_to_compare_or_score(first_run: Path,
 
 
 def post(url: str, body: dict) -> dict:
+    return json.loads(post_raw(url, body))["predictions"]
+
+
+def post_raw(url: str, body: dict) -> bytes:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())["predictions"]
+        return response.read()
 
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_pixels_and_encoded_images_as_in_process(first_run: Path,
                                                                              tmp_path: Path) -> None:
-    import base64
-
-    import mlflow
-
     files = sorted((first_run / "data" / "alpha" / "test" / "spot").iterdir())[:2]
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
     uri = "models:/padim-alpha@champion"
-    expected = mlflow.pyfunc.load_model(uri).predict(pixels)
+    model = mlflow.pyfunc.load_model(uri)
+    expected = model.predict(pixels, params={"anomaly_map": "values"})
+    expected_png = model.predict(pixels, params={"anomaly_map": "png", "map_size": 16})
+    buffer = io.BytesIO()
+    Image.open(files[0]).convert("RGB").resize((256, 256)).save(buffer, format="PNG")
+    large = base64.b64encode(buffer.getvalue()).decode()
     with mlflow_server(uri, f"sqlite:///{first_run / 'mlflow.db'}", tmp_path / "server.log") as url:
         answers = [post(f"{url}/invocations", {"inputs": pixels.tolist()}),
                    post(f"{url}/invocations", {"inputs": {"image": encoded}}),
                    post(f"{url}/invocations", {"dataframe_split": {"columns": ["image"],
                                                                    "data": [[e] for e in encoded]}})]
+        compact = post_raw(f"{url}/invocations", {"inputs": {"image": [large]}})
+        maps = post(f"{url}/invocations", {"inputs": {"image": encoded}, "params": {"anomaly_map": "values"}})
+        pngs = post(f"{url}/invocations", {"inputs": {"image": encoded},
+                                           "params": {"anomaly_map": "png", "map_size": 16}})
         with pytest.raises(urllib.error.HTTPError) as refused:
             post(f"{url}/invocations", {"inputs": {"image": [encoded[0], "not base64!"]}})
         assert refused.value.code == 400 and "image 1: not base64 text" in refused.value.read().decode()
     for answer in answers:
+        assert set(answer) == {"pred_score", "pred_label"}
         assert np.allclose(answer["pred_score"], expected["pred_score"], atol=1e-6)
         assert answer["pred_label"] == expected["pred_label"].tolist()
-        assert np.allclose(answer["anomaly_map"], expected["anomaly_map"], atol=1e-6)
+    assert len(compact) < 1024 and set(json.loads(compact)["predictions"]) == {"pred_score", "pred_label"}
+    assert np.allclose(maps["anomaly_map"], expected["anomaly_map"], atol=1e-6)
+    assert pngs["anomaly_map_png"] == expected_png["anomaly_map_png"].tolist()
