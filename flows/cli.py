@@ -15,6 +15,7 @@ from padim_plugin.runtime import FORMATS
 from .output import quiet_libraries
 
 if TYPE_CHECKING:
+    from .config import LineParams
     from .registry.audit import Event
 
 # the embedded Prefect server must not try to phone home from machines without internet
@@ -190,11 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _known_line(root: Path, line: str) -> None:
-    """Every command's answer to a line params.yaml does not list: one line naming the known ones."""
+def _known_line(root: Path, line: str) -> LineParams:
+    """The line's params; every command's answer to a line params.yaml does not list is one line
+    naming the known ones."""
     from .config import load_params
 
-    load_params(root / "params.yaml").line(line)
+    return load_params(root / "params.yaml").line(line)
 
 
 def _data_add(args: argparse.Namespace) -> None:
@@ -295,9 +297,9 @@ def _predict(args: argparse.Namespace) -> int:
     from .batch import list_images, score_files
     from .registry.registry import Registry
 
-    _known_line(args.root, args.line)
+    production = _known_line(args.root, args.line).production
     report = score_files(Registry(args.root), args.line, list_images(args.images), args.out, args.alias,
-                         args.batch_size)
+                         args.batch_size, production=production)
     print(f"wrote {report.table} and {report.scored} heatmaps")
     if report.failed:
         print(f"{len(report.failed)} file(s) could not be scored (error rows in {report.table}):",

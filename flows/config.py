@@ -167,6 +167,14 @@ class FitParams(_Strict):
     keep_features: bool = True
 
 
+class ProductionParams(_Strict):
+    """How scoring in production is logged (padim_plugin.score_log): a row per image in the log at
+    ``log``, a folder of the project or a URI such as ``s3://bucket/prefix``; null logs nothing."""
+
+    log: str | None = ".padim/production"
+    keep_images: bool = False  # each image's bytes beside its row, for review
+
+
 class LineParams(_Strict):
     """Everything that decides how one product line's model is fitted, evaluated and promoted."""
 
@@ -177,6 +185,7 @@ class LineParams(_Strict):
     export: ExportParams = ExportParams()
     gates: GateParams = GateParams()
     fit: FitParams = FitParams()
+    production: ProductionParams = ProductionParams()
     # auto: a candidate that passes its gates becomes champion; approval: it waits as pending
     # until 'padim-mlops approve' or 'reject'
     promotion: Literal["auto", "approval"] = "auto"

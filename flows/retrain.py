@@ -94,7 +94,8 @@ def code_version() -> str:
 
 
 def fit_cache_key(params: LineParams, data: DataVersion) -> str:
-    settings = json.dumps(params.model_dump(), sort_keys=True, default=str)
+    # how production scoring is logged does not change the model
+    settings = json.dumps(params.model_dump(exclude={"production"}), sort_keys=True, default=str)
     digest = hashlib.sha256(f"{data.md5}|{settings}|{code_version()}".encode()).hexdigest()
     return f"{params.name}-{digest[:24]}"
 

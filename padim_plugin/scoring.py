@@ -122,13 +122,23 @@ def decode_payload(payload: object) -> list[np.ndarray]:
 def score_payload(model: torch.nn.Module, payload: object, anomaly_map: str = "none",
                   map_size: int | None = None) -> dict[str, np.ndarray | list[np.ndarray]]:
     """Score a REST payload (see :func:`decode_payload`): a score and a label per image, and the
-    maps only as ``anomaly_map`` asks (module docstring). Images of one size share a batch; maps of
-    several sizes come back as a list."""
+    maps only as ``anomaly_map`` asks (module docstring)."""
+    check_map_request(anomaly_map, map_size)
+    return score_images(model, decode_payload(payload), anomaly_map, map_size)
+
+
+def check_map_request(anomaly_map: str, map_size: int | None) -> None:
+    """Refuse, naming the value, a map format or size that :func:`score_images` cannot give."""
     if anomaly_map not in MAP_FORMATS:
         raise ValueError(f"anomaly_map must be one of {', '.join(MAP_FORMATS)}; got {anomaly_map!r}")
     if map_size is not None and (not isinstance(map_size, int) or map_size < 1):
         raise ValueError(f"map_size must be a whole number of pixels >= 1, got {map_size!r}")
-    images = decode_payload(payload)
+
+
+def score_images(model: torch.nn.Module, images: list[np.ndarray], anomaly_map: str = "none",
+                 map_size: int | None = None) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """Decoded uint8 images scored as :func:`score_payload` replies. Images of one size share a
+    batch; maps of several sizes come back as a list."""
     scores, labels = np.zeros(len(images), np.float32), np.zeros(len(images), np.int64)
     maps: list[np.ndarray] = [np.empty(0)] * len(images)
     for indices in indices_by_shape([image.shape for image in images]).values():

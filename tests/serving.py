@@ -25,13 +25,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(model_uri: str, tracking_uri: str, log: Path, startup_s: float = 240) -> Iterator[str]:
-    """Serve ``model_uri`` (``--env-manager local``) and yield its base URL; the server's output
-    goes to ``log``, whose tail is in the error if it dies or does not answer in ``startup_s``."""
+def mlflow_server(model_uri: str, tracking_uri: str, log: Path, startup_s: float = 240,
+                  **env: str) -> Iterator[str]:
+    """Serve ``model_uri`` (``--env-manager local``, with ``env`` added to its environment) and
+    yield its base URL; the server's output goes to ``log``, whose tail is in the error if it dies
+    or does not answer in ``startup_s``."""
     port = free_port()
     command = ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
                "-p", str(port)]
-    with _serving(command, port, "/ping", log, startup_s, MLFLOW_TRACKING_URI=tracking_uri) as url:
+    with _serving(command, port, "/ping", log, startup_s, MLFLOW_TRACKING_URI=tracking_uri, **env) as url:
         yield url
 
 
@@ -75,14 +77,24 @@ def _serving(mlflow_args: list[str], port: int, health: str, log: Path, startup_
 
 
 def _stop(server: subprocess.Popen) -> None:
-    """End the server and its workers (one process group): politely, then by force."""
+    """End the server and its workers (one process group): politely, then by force. Returns once
+    every process of the group has ended, since a worker may still be shutting down (writing what
+    it buffered) after the process that started it is gone."""
     for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
         try:
             os.killpg(server.pid, sig)
         except ProcessLookupError:
             return
-        try:
-            server.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if server.poll() is not None and not _group_alive(server.pid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

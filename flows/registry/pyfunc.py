@@ -9,10 +9,21 @@ Input (no input schema, so that both kinds pass MLflow's server): pixels, an int
 (N,) normalised so that the validation threshold sits at 0.5 and ``pred_label`` (N,) 0/1; the maps
 only when the request's params ask (``{"params": {"anomaly_map": "png", "map_size": 64}}``; values:
 ``padim_plugin.scoring.MAP_FORMATS``), as ``anomaly_map`` values or ``anomaly_map_png``.
+
+Production log (opt-in): with ``PADIM_SCORE_LOG`` set to a folder or URI where the server runs,
+every scored image becomes a row of the line's log (padim_plugin.score_log), its source the
+request's ``source`` param (else "rest"), its model version ``PADIM_MODEL_VERSION`` (else the
+model's run, "run:<id>"); ``PADIM_SCORE_LOG_IMAGES=1`` keeps the images too. Rows are written when
+64 wait or the oldest has waited 10 s (checked as requests arrive), and when the server stops
+(on its stop signal, then as each request still in flight ends).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +31,11 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from padim_plugin.artifact import load_artifact
-from padim_plugin.scoring import score_payload
+from padim_plugin.artifact import load_artifact, read_manifest
+from padim_plugin.score_log import ScoreLog, ScoreLogWriter, scored_rows
+from padim_plugin.scoring import check_map_request, decode_payload, raw_image_threshold, score_images
+
+LOG_ENV, KEEP_IMAGES_ENV, VERSION_ENV = "PADIM_SCORE_LOG", "PADIM_SCORE_LOG_IMAGES", "PADIM_MODEL_VERSION"
 
 
 class PadimPyfunc(mlflow.pyfunc.PythonModel):
@@ -32,7 +46,17 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        self.model = load_artifact(Path(context.artifacts["model"]))
+        folder = Path(context.artifacts["model"])
+        self.model = load_artifact(folder)
+        self.log: ScoreLogWriter | None = None
+        if os.environ.get(LOG_ENV):
+            metadata = read_manifest(folder).get("metadata", {})
+            self.log = ScoreLogWriter(ScoreLog(os.environ[LOG_ENV]), metadata["line"], batch_rows=64,
+                                      max_wait_s=10)
+            self.data_rev = metadata.get("data_md5", "")
+            self.version = os.environ.get(VERSION_ENV) or _run_of(folder)
+            atexit.register(self.log.close)
+            _write_through_when_stopped(self.log)
 
     def predict(self, context, model_input, params=None):
         """Bad input is the client's error (HTTP 400 from the server) with a message naming the item.
@@ -40,11 +64,48 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
         encoded images" (the signature is logged explicitly)."""
         del context
         params = params or {}
+        anomaly_map, map_size = params.get("anomaly_map", "none"), params.get("map_size") or None
         try:
-            return score_payload(self.model, model_input, params.get("anomaly_map", "none"),
-                                 params.get("map_size") or None)
+            check_map_request(anomaly_map, map_size)
+            images = decode_payload(model_input)
         except ValueError as error:  # ImageDecodeError included
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+        reply = score_images(self.model, images, anomaly_map, map_size)
+        if self.log is not None:
+            sources = [params.get("source") or "rest"] * len(images)
+            self.log.add(scored_rows(images, sources, reply["pred_score"], reply["pred_label"], self.version,
+                                     self.data_rev, raw_image_threshold(self.model),
+                                     os.environ.get(KEEP_IMAGES_ENV) == "1"))
+        return reply
+
+
+def _write_through_when_stopped(log: ScoreLogWriter) -> None:
+    """On SIGTERM or SIGINT, write the waiting rows and every later one at once, then pass the
+    signal on. The server (uvicorn) finishes its requests on such a signal and then raises it again
+    with the default action, which ends the process without running atexit handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; atexit still covers a normal exit
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        passed_on = signal.getsignal(stop)
+
+        def handler(number: int, frame: Any, passed_on: Any = passed_on) -> None:
+            log.write_through()
+            if callable(passed_on):
+                passed_on(number, frame)
+            else:
+                signal.signal(number, signal.SIG_DFL if passed_on is None else passed_on)
+                signal.raise_signal(number)
+
+        signal.signal(stop, handler)
+
+
+def _run_of(folder: Path) -> str:
+    """"run:<id>" of the MLflow model whose artifacts hold ``folder``, or "" if it says none."""
+    for parent in folder.parents:
+        if (parent / "MLmodel").is_file():
+            run_id = mlflow.models.Model.load(str(parent)).run_id
+            return f"run:{run_id}" if run_id else ""
+    return ""
 
 
 mlflow.models.set_model(PadimPyfunc())

@@ -607,7 +607,8 @@ def _signature():
             TensorSpec(np.dtype(np.int64), (-1,), "pred_label"),
         ]),
         params=ParamSchema([ParamSpec("anomaly_map", "string", "none"),  # none, values or png
-                            ParamSpec("map_size", "long", 0)]),  # longer side in px; 0: the image's
+                            ParamSpec("map_size", "long", 0),  # longer side in px; 0: the image's
+                            ParamSpec("source", "string", "")]),  # the caller, for the production log
     )
 
 

@@ -343,7 +343,7 @@ BAD_PARAMS = {
                               "unknown top-level keys ['defualts'] (expected defaults, lines)"),
     "unknown key in defaults": ("defaults: {modle: {}}\n",
                                 "defaults.modle: unknown key (allowed here: model, data, thresholds, export,"
-                                " gates, fit, promotion)"),
+                                " gates, fit, production, promotion)"),
     "unknown key in a line": ("lines:\n  alpha: {dat: {}}\n",
                               "product line 'alpha': lines.alpha.dat: unknown key"),
     "unknown key in model": ("defaults:\n  model: {n_feature: 50}\n",

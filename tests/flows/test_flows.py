@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -23,6 +25,7 @@ from flows.config import GateParams
 from flows.data.store import DataStore
 from flows.registry.gates import decide
 from flows.registry.registry import Registry, model_name
+from padim_plugin.score_log import ScoreLog
 
 from ..projects import add_folders, git, init_project, versions
 from ..serving import mlflow_server
@@ -207,6 +210,25 @@ def test_predict_writes_scores_and_heatmaps(first_run: Path, tmp_path: Path) -> 
     assert {row["data_md5"] for row in rows} == {champion.tags["padim.data_md5"]}
     assert sorted(p.name for p in out.glob("*_heatmap.png")) == sorted(row["heatmap"] for row in rows)
     assert main(["--root", str(first_run), "predict", "nosuchline", str(images), "--out", str(out)]) == 1
+
+
+def test_predict_logs_each_scored_image_to_the_lines_production_log(first_run: Path, tmp_path: Path) -> None:
+    images = first_run / "data" / "beta" / "test" / "spot"
+    started = datetime.now(UTC)
+    assert main(["--root", str(first_run), "predict", "beta", str(images), "--out", str(tmp_path / "o")]) == 0
+    table = {row["image"]: row for row in read_table(tmp_path / "o" / "scores.csv")}
+    logged = ScoreLog(first_run / ".padim" / "production").read("beta", since=started).to_pylist()
+    assert sorted(row["source"] for row in logged) == sorted(table)
+    for row in logged:
+        written = table[row["source"]]
+        assert row["score"] == pytest.approx(float(written["score"]), abs=1e-6)
+        assert (row["label"], row["model_version"], row["data_rev"]) == (
+            int(written["label"]), written["model_version"], written["data_md5"])
+        assert row["threshold"] == pytest.approx(float(written["raw_threshold"]), rel=1e-6)
+        pixels = np.asarray(Image.open(row["source"]).convert("RGB"))
+        expected = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+        assert row["image_digest"] == expected
+        assert row["image"] is None  # params.yaml's production.keep_images is false by default
 
 
 def test_batch_scoring_reports_bad_files_as_rows_and_matches_one_by_one(
@@ -425,6 +447,30 @@ def post_raw(url: str, body: dict) -> bytes:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return response.read()
+
+
+@pytest.mark.slow
+def test_a_server_given_a_score_log_logs_each_image_with_its_callers_source(first_run: Path,
+                                                                            tmp_path: Path) -> None:
+    files = sorted((first_run / "data" / "alpha" / "test").rglob("*.png"))[:3]
+    encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    uri = "models:/padim-alpha@champion"
+    champion = Registry(first_run).champion("alpha")
+    environment = {"PADIM_SCORE_LOG": str(tmp_path / "log"), "PADIM_MODEL_VERSION": str(champion.version)}
+    store = f"sqlite:///{first_run / 'mlflow.db'}"
+    with mlflow_server(uri, store, tmp_path / "server.log", **environment) as url:
+        tagged = post(f"{url}/invocations", {"inputs": {"image": encoded[:2]},
+                                             "params": {"source": "camera-7"}})
+        untagged = post(f"{url}/invocations", {"inputs": {"image": encoded[2:]}})
+    # the rows waited in the server (fewer than 64, within 10 s) and were written as it stopped
+    logged = ScoreLog(tmp_path / "log").read("alpha").to_pylist()
+    by_source = {source: sorted(row["score"] for row in logged if row["source"] == source)
+                 for source in ("camera-7", "rest")}
+    assert by_source["camera-7"] == pytest.approx(sorted(tagged["pred_score"]), abs=1e-6)
+    assert by_source["rest"] == pytest.approx(untagged["pred_score"], abs=1e-6)
+    assert len(logged) == 3
+    assert {(row["model_version"], row["data_rev"]) for row in logged} == {
+        (str(champion.version), champion.tags["padim.data_md5"])}
 
 
 @pytest.mark.slow
