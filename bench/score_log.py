@@ -2,8 +2,8 @@
 
 Scores the line's test images with its champion (a project with one: ``make demo`` makes it)
 through ``flows.batch.score_files``, the code behind ``predict`` and the ``score-images`` flow:
-once without a log, once logging every image (its bytes read and hashed, a row buffered, a Parquet
-file per 256 rows) to a log in a temporary folder; the two alternate for ``--repeats`` rounds.
+once without a log, once logging every image (its pixels hashed, a row buffered, a Parquet file
+per 256 rows) to a log in a temporary folder; the two alternate for ``--repeats`` rounds.
 Prints images/s of each and their ratio::
 
     .venv/bin/python bench/score_log.py --root DEMO --line brick [--repeats 5] [--batch-size 8]
@@ -24,6 +24,10 @@ from padim_plugin.mvtec import is_image
 from padim_plugin.score_log import ScoreLog
 
 
+def silent(message: str) -> None:
+    """No progress lines between the timed rounds."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="project with a champion")
@@ -40,16 +44,17 @@ def main(argv: list[str] | None = None) -> None:
         log = Path(scratch) / "log"
         settings = {"without the log": ProductionParams(log=None),
                     "with the log": ProductionParams(log=str(log))}
-        score_files(registry, args.line, files[: args.batch_size], Path(scratch) / "warm", progress=len,
+        score_files(registry, args.line, files[: args.batch_size], Path(scratch) / "warm", progress=silent,
                     production=settings["without the log"])
         for repeat in range(args.repeats):
             for name, production in settings.items():
                 started = time.perf_counter()
                 score_files(registry, args.line, files, Path(scratch) / f"{repeat}",
-                            batch_size=args.batch_size, progress=len, production=production)
+                            batch_size=args.batch_size, progress=silent, production=production)
                 seconds[name].append(time.perf_counter() - started)
         logged = ScoreLog(log).read(args.line).num_rows
-    assert logged == args.repeats * len(files), logged
+    if logged != args.repeats * len(files):
+        raise SystemExit(f"the log holds {logged} rows, not {args.repeats * len(files)}")
     rates = {name: len(files) / statistics.median(values) for name, values in seconds.items()}
     print(f"{model_name(args.line)}@champion, {len(files)} images, batches of {args.batch_size},"
           f" median of {args.repeats} alternating rounds")

@@ -196,8 +196,9 @@ class LineParams(_Strict):
         return check_line_name(name)
 
     def flat(self) -> dict[str, Any]:
-        """``{"model.backbone": ..., "gates.floors.image_auroc": ...}``, for logging as params."""
-        return dict(_flatten(self.model_dump(exclude={"name"})))
+        """``{"model.backbone": ..., "gates.floors.image_auroc": ...}``, for logging as a fit's
+        params (how production scoring is logged is not one)."""
+        return dict(_flatten(self.model_dump(exclude={"name", "production"})))
 
 
 def unknown_line(name: str, known: Iterable[str]) -> str:
@@ -421,6 +422,8 @@ def set_line_model_options(path: str | Path, name: str, options: dict[str, Any])
         lines[name] = {}
     if lines[name].get("model") is None:
         lines[name]["model"] = {}
+    if PRESET_OPTIONS <= set(options):
+        lines[name]["model"].pop("preset", None)  # it would name options the line no longer has
     lines[name]["model"].update(options)
     staged = path.with_name(f".{path.name}.new")
     with staged.open("w") as stream:

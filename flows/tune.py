@@ -6,8 +6,8 @@ The grid: layers (the line's, or the backbone's deeper stages) x channel reducti
 (one streamed fit each), x pooling of the Gaussians
 (each finalizes the same statistics anew), x image-score rule (computed from the same validation
 maps). The winner is the earliest grid point whose validation image AUROC is within one standard
-error of the best (the default preset's options come first, then the paper's), so that a line keeps
-the default unless another option does clearly better on its own data: on a validation split of a
+error of the best (the line's own embedding options come first), so that a line keeps what it has
+unless another option does clearly better on its own data: on a validation split of a
 few dozen images, the best of a large grid is mostly the luckiest. The grid is logged to the line's
 MLflow experiment as a table, and the winner is written into the line's ``params.yaml`` entry.
 """
@@ -35,7 +35,7 @@ from .registry.registry import Registry
 from .tasks import REMOTE_CALL, RUNS, pull_data, validate_data
 
 EMBEDDINGS: tuple[dict[str, Any], ...] = (
-    {"channel_reduction": "random_subset", "align_maps": True},  # the default preset's (aligned)
+    {"channel_reduction": "random_subset", "align_maps": True},  # the aligned preset's
     {"channel_reduction": "random_subset", "align_maps": False},  # the paper's
     {"channel_reduction": "projection", "align_maps": True},
     {"channel_reduction": "projection", "align_maps": False},
@@ -60,8 +60,14 @@ def layer_choices(params: LineParams) -> list[dict[str, Any]]:
     return [current, {"layers": list(deeper)}]
 
 
+def embedding_choices(params: LineParams) -> list[dict[str, Any]]:
+    """The embeddings to fit, the line's own first: the one-standard-error rule keeps it on a tie."""
+    own = {key: getattr(params.model, key) for key in EMBEDDINGS[0]}
+    return [own, *(embedding for embedding in EMBEDDINGS if embedding != own)]
+
+
 def grid_size(params: LineParams) -> int:
-    return len(layer_choices(params)) * len(EMBEDDINGS) * len(POOLINGS) * len(SCORE_RULES)
+    return len(layer_choices(params)) * len(embedding_choices(params)) * len(POOLINGS) * len(SCORE_RULES)
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ def auroc_standard_error(auroc: float, n_defect: int, n_normal: int) -> float:
 def best(grid: list[GridPoint]) -> GridPoint:
     """The earliest grid point within one standard error of the highest validation image AUROC
     (the one-standard-error rule): on a small validation split the top of a grid is mostly noise,
-    and the earlier options (the default's first) keep their place unless clearly beaten."""
+    and the earlier options (the line's own first) keep their place unless clearly beaten."""
     top = max(grid, key=lambda point: point.image_auroc)
     return next(point for point in grid if point.image_auroc >= top.image_auroc - top.image_auroc_se)
 
@@ -117,7 +123,8 @@ def score_options(params: LineParams, data_path: Path, work_dir: Path) -> list[G
                " data.split.defect_validation above 0 and add defect images)")
         raise ValueError(msg)
     grid = []
-    for embedding in (layers | embedding for layers in layer_choices(params) for embedding in EMBEDDINGS):
+    for embedding in (layers | embedding for layers in layer_choices(params)
+                      for embedding in embedding_choices(params)):
         model = fit_statistics(with_options(params, embedding), data_path, work_dir)
         for pooling in POOLINGS:
             model.model.pooling, model.model.pooling_window = pooling["pooling"], pooling["pooling_window"]

@@ -13,8 +13,8 @@ Contract:
 - An image is named by the digest of its pixels (``pixels_digest``), the same whichever path and
   lossless encoding brought it; a log that keeps images keeps them as PNG.
 
-Needs pyarrow, numpy and Pillow only (no torch, no MLOps package): the MLflow pyfunc and the
-exported runtime use it.
+Needs pyarrow, numpy and Pillow only (no torch, no MLOps package), so that the MLflow pyfunc can
+use it where it serves.
 """
 
 from __future__ import annotations
@@ -70,8 +70,12 @@ class ScoreRow:
 
 
 def pixels_digest(image: np.ndarray) -> str:
-    """sha256 of an image's shape and uint8 pixels."""
-    pixels = np.ascontiguousarray(image, dtype=np.uint8)
+    """sha256 of an image's shape and uint8 RGB pixels (a grey image as its RGB expansion, as the
+    model sees it)."""
+    pixels = np.asarray(image, dtype=np.uint8)
+    if pixels.ndim == 2 or pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels.reshape(*pixels.shape[:2], 1), 3, axis=-1)
+    pixels = np.ascontiguousarray(pixels)
     return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
@@ -147,7 +151,7 @@ class ScoreLogWriter:
         self.log, self.line, self.batch_rows, self.max_wait_s = log, line, batch_rows, max_wait_s
         self._rows: list[ScoreRow] = []
         self._oldest = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a stop signal's flush may arrive while this thread holds it
 
     def add(self, rows: Sequence[ScoreRow]) -> None:
         with self._lock:
@@ -155,14 +159,20 @@ class ScoreLogWriter:
                 self._oldest = time.monotonic()
             self._rows.extend(rows)
             due = len(self._rows) >= self.batch_rows or time.monotonic() - self._oldest >= self.max_wait_s
-        if due:
-            self.flush()
+            if due:
+                self.flush()
 
     def flush(self) -> None:
+        """Write every waiting row; rows that fail to be written wait for the next write."""
         with self._lock:
             rows, self._rows = self._rows, []
-        if rows:
-            self.log.append(self.line, rows)
+            if not rows:
+                return
+            try:
+                self.log.append(self.line, rows)
+            except BaseException:
+                self._rows[:0] = rows
+                raise
 
     def write_through(self) -> None:
         """Write what waits, and every later row as it arrives: for a process about to stop."""

@@ -4,13 +4,14 @@
 normalised so that the model's threshold sits at 0.5, ``pred_label`` (N,) 0/1, and ``anomaly_map``
 (N, H, W) at the inputs' size, normalised so that the pixel threshold sits at 0.5, within 0..1.
 
-``score_payload``: what a REST client sends, pixels or base64-encoded images, possibly of several
-sizes (one batch per size). Its reply is compact unless the map is asked for: ``pred_score`` and
-``pred_label`` only (a few dozen bytes per image, where a 256 px map as JSON is about 1 MB);
-``anomaly_map="values"`` adds ``anomaly_map``, ``"png"`` adds ``anomaly_map_png`` (each map as a
-base64 8-bit grey PNG, value x 255: the pixel threshold at 128), either at most ``map_size`` px on
-its longer side if given (area-averaged), else at its image's size. Used by the MLflow pyfunc;
-needs no MLOps package.
+``score_images``: decoded images (``decode_payload`` turns what a REST client sends, pixels or
+base64-encoded images, possibly of several sizes, into them), one batch per size. Its reply is
+compact unless the map is asked for: ``pred_score`` and ``pred_label`` only (a few dozen bytes per
+image, where a 256 px map as JSON is about 1 MB); ``anomaly_map="values"`` adds ``anomaly_map``,
+``"png"`` adds ``anomaly_map_png`` (each map as a base64 8-bit grey PNG, value x 255: the pixel
+threshold at 128), either at most ``map_size`` px on its longer side if given (area-averaged), else
+at its image's size. ``score_payload`` decodes and scores in one call, maps included unless told
+otherwise. Used by the MLflow pyfunc; needs no MLOps package.
 """
 
 from __future__ import annotations
@@ -119,10 +120,11 @@ def decode_payload(payload: object) -> list[np.ndarray]:
     return images
 
 
-def score_payload(model: torch.nn.Module, payload: object, anomaly_map: str = "none",
+def score_payload(model: torch.nn.Module, payload: object, anomaly_map: str = "values",
                   map_size: int | None = None) -> dict[str, np.ndarray | list[np.ndarray]]:
     """Score a REST payload (see :func:`decode_payload`): a score and a label per image, and the
-    maps only as ``anomaly_map`` asks (module docstring)."""
+    maps as ``anomaly_map`` asks (module docstring). The maps come as values unless told otherwise,
+    as they always did: the pyfunc of a version registered before compact replies calls this."""
     check_map_request(anomaly_map, map_size)
     return score_images(model, decode_payload(payload), anomaly_map, map_size)
 

@@ -254,7 +254,7 @@ def _operating_point(evaluation: Evaluation, path: Path, threshold: float) -> Pa
             histogram.hist(scores[mask], bins=bins, alpha=0.6, label=f"{name} ({int(mask.sum())})")
     histogram.axvline(threshold, color="black", linestyle="--", label="threshold")
     histogram.set(xlabel="image anomaly score (raw)", ylabel="test images", title="scores at the threshold")
-    histogram.legend(fontsize=8)
+    histogram.legend(fontsize=8, loc="upper right")  # "best" searches the data: slow on many images
     cuts = np.unique(np.r_[scores, threshold])
     if (~labels).any():
         curve.plot(cuts, [(scores[~labels] > cut).mean() for cut in cuts], label="false-alarm rate (normal)")
@@ -266,7 +266,7 @@ def _operating_point(evaluation: Evaluation, path: Path, threshold: float) -> Pa
                       if value is not None)
     curve.set(xlabel="threshold (raw score)", ylabel="share flagged", ylim=(-0.02, 1.02),
               title=f"at the threshold: {words}")
-    curve.legend(fontsize=8)
+    curve.legend(fontsize=8, loc="upper right")  # where both rates have fallen
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)

@@ -14,13 +14,15 @@ Production log (opt-in): with ``PADIM_SCORE_LOG`` set to a folder or URI where t
 every scored image becomes a row of the line's log (padim_plugin.score_log), its source the
 request's ``source`` param (else "rest"), its model version ``PADIM_MODEL_VERSION`` (else the
 model's run, "run:<id>"); ``PADIM_SCORE_LOG_IMAGES=1`` keeps the images too. Rows are written when
-64 wait or the oldest has waited 10 s (checked as requests arrive), and when the server stops
-(on its stop signal, then as each request still in flight ends).
+64 wait or the oldest has waited 10 s (checked as requests arrive), and when the server stops.
+A row that cannot be written stays waiting for the next write and the reply goes out regardless,
+with a warning in the server's log.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import threading
@@ -68,25 +70,33 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
         try:
             check_map_request(anomaly_map, map_size)
             images = decode_payload(model_input)
+            reply = score_images(self.model, images, anomaly_map, map_size)
         except ValueError as error:  # ImageDecodeError included
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
-        reply = score_images(self.model, images, anomaly_map, map_size)
         if self.log is not None:
             sources = [params.get("source") or "rest"] * len(images)
-            self.log.add(scored_rows(images, sources, reply["pred_score"], reply["pred_label"], self.version,
-                                     self.data_rev, raw_image_threshold(self.model),
-                                     os.environ.get(KEEP_IMAGES_ENV) == "1"))
+            rows = scored_rows(images, sources, reply["pred_score"], reply["pred_label"], self.version,
+                               self.data_rev, raw_image_threshold(self.model),
+                               os.environ.get(KEEP_IMAGES_ENV) == "1")
+            try:
+                self.log.add(rows)
+            except Exception as error:  # the images were scored: the client gets its reply
+                logging.getLogger(__name__).warning("production log %s: rows wait, not written: %s",
+                                                    self.log.log.location, error)
         return reply
 
 
 def _write_through_when_stopped(log: ScoreLogWriter) -> None:
     """On SIGTERM or SIGINT, write the waiting rows and every later one at once, then pass the
-    signal on. The server (uvicorn) finishes its requests on such a signal and then raises it again
-    with the default action, which ends the process without running atexit handlers."""
+    signal on. The model loads before uvicorn takes the signals over; uvicorn finishes its requests,
+    gives the signals back to this handler and raises the signal again, which by default would end
+    the process without running atexit handlers."""
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may set handlers; atexit still covers a normal exit
     for stop in (signal.SIGTERM, signal.SIGINT):
         passed_on = signal.getsignal(stop)
+        if passed_on is signal.SIG_IGN:
+            continue  # an ignored signal stops nothing
 
         def handler(number: int, frame: Any, passed_on: Any = passed_on) -> None:
             log.write_through()

@@ -51,9 +51,10 @@ ROLLED_BACK, DEMOTED, REJECTED = "rolled back", "demoted", "rejected"  # the oth
 PASSED, FAILED = "passed", "failed"  # a version's padim.gate
 TAG = "padim."
 PACKAGES = ("padim-plugin", "anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow",
-            "prefect", "dvc")
+            "pyarrow", "prefect", "dvc")
 # what loading and scoring a model imports; padim-plugin itself is installed from this project
-SCORING_PACKAGES = ("anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow")
+SCORING_PACKAGES = ("anomalib", "torch", "torchvision", "timm", "lightning", "safetensors", "mlflow",
+                    "pyarrow")  # pyarrow: the production score log
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 TUNING_TABLE = "tuning/grid.json"
 STATISTICS_ARTIFACTS = "statistics"  # a run's kept statistics (flows.registry.statistics)

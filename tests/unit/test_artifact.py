@@ -174,7 +174,7 @@ def test_payloads_of_pixels_or_encoded_images_score_alike_and_bad_items_are_name
                     pd.DataFrame({"image": [png(i) for i in images[:2]]})):
         answer = score_payload(model, payload)
         assert np.allclose(answer["pred_score"], expected["pred_score"], rtol=1e-6)
-    mixed = score_payload(model, {"image": [png(images[0]), png(images[1][:40, :48])]}, anomaly_map="values")
+    mixed = score_payload(model, {"image": [png(images[0]), png(images[1][:40, :48])]})
     assert [m.shape for m in mixed["anomaly_map"]] == [(64, 64), (40, 48)]
     assert mixed["pred_score"][0] == pytest.approx(expected["pred_score"][0], rel=1e-5)  # alone, not in 2
     with pytest.raises(ImageDecodeError, match="image 1: not base64 text"):

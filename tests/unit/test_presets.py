@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from flows.config import DEFAULT_PRESET, LineParams, ModelParams, load_params
+import pytest
+import yaml
+
+from flows.config import DEFAULT_PRESET, LineParams, ModelParams, load_params, set_line_model_options
 from flows.model.build import build_model
-from flows.tune import EMBEDDINGS, POOLINGS, SCORE_RULES
+from flows.tune import EMBEDDINGS, POOLINGS, SCORE_RULES, embedding_choices
 from padim_plugin import PRESETS, StreamingPadim
 
 PRESET_KEYS = sorted(PRESETS["paper"])
@@ -52,6 +55,18 @@ def test_a_key_given_beside_a_preset_wins_over_it(tmp_path: Path) -> None:
     assert options(params.line("beta").model) == PRESETS["paper"] | {"pooling": "shared"}
 
 
-def test_tuning_tries_the_default_presets_options_first() -> None:
-    first = EMBEDDINGS[0] | POOLINGS[0] | SCORE_RULES[0]
-    assert {key: first[key] for key in PRESET_KEYS} == PRESETS[DEFAULT_PRESET]
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_tuning_tries_the_lines_own_preset_first(preset: str) -> None:
+    line = LineParams(name="alpha", model={"preset": preset})
+    first = embedding_choices(line)[0] | POOLINGS[0] | SCORE_RULES[0]
+    assert {key: first[key] for key in PRESET_KEYS} == PRESETS[preset]
+    assert len(embedding_choices(line)) == len(EMBEDDINGS)  # the same grid, reordered
+
+
+def test_tuned_options_replace_the_preset_they_override(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("lines:\n  gravel:\n    model: {preset: paper}  # kept for its own reasons\n")
+    tuned = PRESETS["paper"] | {"align_maps": True, "pooling_window": 3, "layers": None}
+    set_line_model_options(path, "gravel", tuned)
+    assert "preset" not in yaml.safe_load(path.read_text())["lines"]["gravel"]["model"]
+    assert options(load_params(path).line("gravel").model) == {key: tuned[key] for key in PRESET_KEYS}

@@ -55,11 +55,31 @@ def test_a_writer_batches_rows_into_files_and_writes_the_rest_on_close(tmp_path:
     assert len(list((tmp_path / "log").rglob("*.parquet"))) == 3
 
 
-def test_a_row_waits_no_longer_than_max_wait_s(tmp_path: Path) -> None:
+def test_rows_are_written_once_the_oldest_has_waited_max_wait_s(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 0.0, 6.0, 10.5, 10.5, 11.0]).__next__  # what time.monotonic answers, call by call
+    monkeypatch.setattr("padim_plugin.score_log.time.monotonic", clock)
     log = ScoreLog(tmp_path / "log")
-    writer = ScoreLogWriter(log, "brick", batch_rows=1000, max_wait_s=0.0)
-    writer.add(rows(1))
-    assert log.read().num_rows == 1  # written as it arrived: it may wait 0 s
+    writer = ScoreLogWriter(log, "brick", batch_rows=1000, max_wait_s=10.0)
+    writer.add(rows(1, "a"))  # arrives at 0 s
+    writer.add(rows(1, "b"))  # at 6 s: the oldest has waited 6 s
+    assert log.read().num_rows == 0
+    writer.add(rows(1, "c"))  # at 10.5 s: the oldest has waited 10.5 s, all three are written
+    assert log.read().column("source").to_pylist() == ["a-0", "b-0", "c-0"]
+    writer.add(rows(1, "d"))  # a new oldest, at 10.5 s; 0.5 s later it still waits
+    assert log.read().num_rows == 3
+
+
+def test_rows_that_fail_to_be_written_wait_for_the_next_write(tmp_path: Path) -> None:
+    blocker = tmp_path / "log"
+    blocker.write_text("a file where the log's folder should be")
+    writer = ScoreLogWriter(ScoreLog(blocker), "brick", batch_rows=2)
+    writer.add(rows(1, "a"))
+    with pytest.raises(OSError):
+        writer.add(rows(1, "b"))
+    blocker.unlink()
+    writer.close()
+    assert ScoreLog(blocker).read().column("source").to_pylist() == ["a-0", "b-0"]
 
 
 def test_an_image_is_named_by_its_pixels_and_kept_as_png_when_asked(tmp_path: Path) -> None:

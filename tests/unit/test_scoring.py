@@ -9,18 +9,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim_plugin.scoring import score_arrays, score_payload
+from padim_plugin.scoring import score_arrays, score_images, score_payload
 
 from ..fits import Fit
 
 
 def test_a_reply_carries_a_score_and_a_label_per_image_and_no_map_unless_asked(tiny_fit: Fit) -> None:
     images = tiny_fit.pixels[:3]
-    reply = score_payload(tiny_fit.model, images.astype(np.int64))
+    reply = score_images(tiny_fit.model, list(images))
     assert set(reply) == {"pred_score", "pred_label"}
     expected = score_arrays(tiny_fit.model, images)
     np.testing.assert_allclose(reply["pred_score"], expected["pred_score"], rtol=1e-6)
     assert reply["pred_label"].tolist() == expected["pred_label"].tolist()
+
+
+def test_a_payload_scored_in_one_call_keeps_its_maps_as_older_registered_pyfuncs_expect(
+        tiny_fit: Fit) -> None:
+    images = tiny_fit.pixels[:2]
+    reply = score_payload(tiny_fit.model, images.astype(np.int64))  # what the earlier pyfunc.py calls
+    np.testing.assert_allclose(reply["anomaly_map"], score_arrays(tiny_fit.model, images)["anomaly_map"],
+                               rtol=1e-6)
 
 
 def test_a_map_asked_for_as_values_is_the_full_map_or_its_block_means_at_map_size(tiny_fit: Fit) -> None:
