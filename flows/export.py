@@ -23,7 +23,7 @@ import torch
 
 from padim_plugin.artifact import file_sha256, package_versions
 from padim_plugin.exported import FORMATS, export_model, raw_errors
-from padim_plugin.runtime import ExportedModel
+from padim_plugin.runtime import EXPORT_MANIFEST, ExportedModel
 from padim_plugin.scoring import image_size
 
 from .data.folders import swapped_in
@@ -32,7 +32,6 @@ from .registry.registry import TAG, Registry, model_name
 logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-3
-MANIFEST = "export.json"
 RUNTIME_NOTES = {
     "openvino": "compile with INFERENCE_PRECISION_HINT f32 (padim_plugin.runtime.ExportedModel does):"
                 " OpenVINO's CPU default is bfloat16 where the CPU has it",
@@ -107,10 +106,10 @@ def export_line(registry: Registry, line: str, export_format: str, out: Path, al
             "packages": package_versions("padim-plugin", "anomalib", "torch", "onnx", "onnxruntime",
                                          "openvino"),
         }
-        (path.parent / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (path.parent / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         with swapped_in(path.parent, target):
             pass
-    return ExportReport(target / path.name, target / MANIFEST, errors)
+    return ExportReport(target / path.name, target / EXPORT_MANIFEST, errors)
 
 
 def raw_disagreement(raw_errors: dict[str, float]) -> str | None:

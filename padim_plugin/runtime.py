@@ -12,11 +12,18 @@ whatever runs next.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .score_log import ScoreLogWriter, scored_rows
+
 FORMATS = ("onnx", "openvino")  # export formats, and the runtimes that run them
+# what ``padim-mlops export`` writes beside the model: version, data, thresholds, checks
+EXPORT_MANIFEST = "export.json"
 
 
 class ExportedModel:
@@ -64,6 +71,27 @@ class ExportedModel:
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs by name for a float32 batch (N, 3, H, W) in 0..1."""
         return self._run(np.ascontiguousarray(images, dtype=np.float32))
+
+    def manifest(self) -> dict[str, Any]:
+        """The ``export.json`` beside the model (``padim-mlops export`` writes it)."""
+        path = self.path.parent / EXPORT_MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no export manifest; 'padim-mlops export' writes it, to log"
+                                    " scores with")
+        return json.loads(path.read_text())
+
+
+def score_and_log(model: ExportedModel, pixels: np.ndarray, writer: ScoreLogWriter, sources: Sequence[str],
+                  keep_images: bool = False) -> dict[str, np.ndarray]:
+    """Score uint8 RGB images (N, H, W, 3) at the export's size, and add a row per image to the
+    line's production log (``writer``), with the version, data and threshold of the export's
+    manifest: what a program beside the line runs."""
+    manifest = model.manifest()
+    outputs = model(np.asarray(pixels).transpose(0, 3, 1, 2) / 255.0)
+    scores, labels = outputs["pred_score"].ravel(), outputs["pred_label"].ravel()
+    writer.add(scored_rows(list(pixels), sources, scores, labels, manifest["version"], manifest["data_md5"],
+                           manifest["raw_thresholds"]["image"], keep_images))
+    return outputs
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

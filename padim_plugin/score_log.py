@@ -13,8 +13,8 @@ Contract:
 - An image is named by the digest of its pixels (``pixels_digest``), the same whichever path and
   lossless encoding brought it; a log that keeps images keeps them as PNG.
 
-Needs pyarrow, numpy and Pillow only (no torch, no MLOps package), so that the MLflow pyfunc can
-use it where it serves.
+Needs pyarrow, numpy and Pillow only (no torch, no MLOps package), so that the MLflow pyfunc and
+the exported runtime (``padim_plugin.runtime.score_and_log``) can use it where they run.
 """
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ from flows.config import GateParams
 from flows.data.store import DataStore
 from flows.registry.gates import decide
 from flows.registry.registry import Registry, model_name
-from padim_plugin.score_log import ScoreLog
+from padim_plugin.artifact import file_sha256
+from padim_plugin.runtime import ExportedModel, score_and_log
+from padim_plugin.score_log import ScoreLog, ScoreLogWriter
 
 from ..projects import add_folders, git, init_project, versions
 from ..serving import mlflow_server
@@ -266,13 +268,17 @@ def test_score_images_flow_writes_the_same_table(first_run: Path, tmp_path: Path
     assert read_table(report.table) == read_table(tmp_path / "cli" / "scores.csv")
 
 
-def test_export_writes_a_checked_openvino_model_of_the_champion_that_scores_as_the_pyfunc(
-        first_run: Path, tmp_path: Path) -> None:
-    from padim_plugin.artifact import file_sha256
-    from padim_plugin.exported import ExportedModel
-
-    out = tmp_path / "exports"
+@pytest.fixture(scope="module")
+def openvino_exports(first_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """alpha's champion exported to OpenVINO by the command line; the folder it wrote into."""
+    out = tmp_path_factory.mktemp("exports")
     assert main(["--root", str(first_run), "export", "alpha", "--format", "openvino", "--out", str(out)]) == 0
+    return out
+
+
+def test_export_writes_a_checked_openvino_model_of_the_champion_that_scores_as_the_pyfunc(
+        first_run: Path, openvino_exports: Path) -> None:
+    out = openvino_exports
     champion = Registry(first_run).champion("alpha")
     folder = out / f"padim-alpha-v{champion.version}-openvino"
     manifest = json.loads((folder / "export.json").read_text())
@@ -289,6 +295,23 @@ def test_export_writes_a_checked_openvino_model_of_the_champion_that_scores_as_t
     np.testing.assert_array_equal(outputs["pred_label"].ravel(), expected["pred_label"])
     args = ["export", "nosuchline", "--format", "onnx", "--out", str(out)]
     assert main(["--root", str(first_run), *args]) == 1
+
+
+def test_an_exported_model_logs_its_scores_with_the_version_data_and_threshold_of_its_manifest(
+        first_run: Path, openvino_exports: Path, tmp_path: Path) -> None:
+    champion = Registry(first_run).champion("alpha")
+    model = ExportedModel(openvino_exports / f"padim-alpha-v{champion.version}-openvino" / "model.xml")
+    files = sorted((first_run / "data" / "alpha" / "test").rglob("*.png"))[:3]
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    with ScoreLogWriter(ScoreLog(tmp_path / "log"), "alpha") as writer:
+        outputs = score_and_log(model, pixels, writer, [f.name for f in files])
+    logged = ScoreLog(tmp_path / "log").read("alpha").to_pylist()
+    assert [row["source"] for row in logged] == [f.name for f in files]
+    assert [row["score"] for row in logged] == pytest.approx(outputs["pred_score"].ravel().tolist())
+    assert {(row["model_version"], row["data_rev"]) for row in logged} == {
+        (str(champion.version), champion.tags["padim.data_md5"])}
+    threshold = model.manifest()["raw_thresholds"]["image"]
+    assert [row["threshold"] for row in logged] == pytest.approx([threshold] * 3, rel=1e-6)
 
 
 def test_an_export_that_disagrees_with_its_model_is_not_written_and_the_earlier_one_stays(
