@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fixed input size (default the model's image size; the graph resizes)")
     export.set_defaults(run=_export)
 
+    review = commands.add_parser("review", help="what operators should look at: flagged images and those"
+                                 " nearest the threshold, from the line's production log")
+    review.add_argument("line", type=_line_name)
+    review.add_argument("--since", help="only images scored since then: 24h, 7d or an ISO date or time")
+    review.add_argument("--limit", type=_at_least(1), default=20, help="images of each kind (default 20)")
+    review.add_argument("--out", type=Path, help="write the review sheet (CSV with a verdict column) here")
+    review.set_defaults(run=_review)
+
     promote = commands.add_parser("promote", help="make a model version the line's champion (recorded)")
     promote.add_argument("line", type=_line_name)
     promote.add_argument("version")
@@ -306,6 +314,24 @@ def _predict(args: argparse.Namespace) -> int:
               *report.failed, sep="\n  ", file=sys.stderr)
         return 1
     return 0
+
+
+def _review(args: argparse.Namespace) -> None:
+    from .batch import production_log
+    from .review import parse_since, review_items, write_sheet
+
+    since = None if args.since is None else parse_since(args.since)
+    log = production_log(args.root, _known_line(args.root, args.line).production)
+    if log is None:
+        raise ValueError(f"{args.line}: params.yaml's production.log is null: nothing was logged to review")
+    items = review_items(log.read(args.line, since), args.limit)
+    if not items:
+        print(f"{args.line}: nothing scored in production {'since ' + args.since if args.since else 'yet'}")
+    for item in items:
+        print(f"{item.time}  {item.score:6.3f}  {item.reason:<27} {item.image}  (v{item.model_version})")
+    if args.out is not None:
+        write_sheet(items, args.out)
+        print(f"wrote {args.out}: fill in 'verdict' (normal or defect) for each image")
 
 
 def _export(args: argparse.Namespace) -> None:

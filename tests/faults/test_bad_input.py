@@ -246,6 +246,7 @@ LINE_COMMANDS = {
     "approve": ["approve", "--reason", "r", "--", "{name}", "1"],
     "reject": ["reject", "--reason", "r", "--", "{name}", "1"],
     "history": ["history", "--", "{name}"],
+    "review": ["review", "--", "{name}"],
     "status": ["status", "--", "{name}"],
     "predict": ["predict", "--out", "{bare}/out", "--", "{name}", "{images}"],
     "export": ["export", "--format", "onnx", "--out", "{bare}/exports", "--", "{name}"],
@@ -321,6 +322,7 @@ UNKNOWN_LINE_COMMANDS = {
     "approve": ["approve", "nosuch", "1", "--reason", "r"],
     "reject": ["reject", "nosuch", "1", "--reason", "r"],
     "history": ["history", "nosuch"],
+    "review": ["review", "nosuch"],
     "status": ["status", "nosuch"],
 }
 
