@@ -70,3 +70,9 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
         image = image.convert("RGBA")  # a palette with transparency: resolve it before dropping alpha
     return np.array(image.convert("RGB"))  # a writable copy: torch warns on read-only arrays
 
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 pixels (H, W) grey or (H, W, 3) RGB as PNG bytes: lossless, so they decode as given."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

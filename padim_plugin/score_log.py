@@ -20,7 +20,6 @@ the exported runtime (``padim_plugin.runtime.score_and_log``) can use it where t
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import secrets
@@ -36,7 +35,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image
+
+from .images import encode_png
 
 # the columns of each file; ``line`` and ``day`` come from the partition folders
 SCHEMA = pa.schema([
@@ -79,19 +79,13 @@ def pixels_digest(image: np.ndarray) -> str:
     return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def scored_rows(images: Sequence[np.ndarray], sources: Sequence[str], scores: Sequence[float],
                 labels: Sequence[int], model_version: str, data_rev: str, threshold: float,
                 keep_images: bool) -> list[ScoreRow]:
     """The rows of one scored batch, all at this moment."""
     now = datetime.now(UTC)
     return [ScoreRow(now, model_version, data_rev, float(score), int(label), threshold, pixels_digest(image),
-                     source, png_bytes(image) if keep_images else None)
+                     source, encode_png(image) if keep_images else None)
             for image, source, score, label in zip(images, sources, scores, labels, strict=True)]
 
 

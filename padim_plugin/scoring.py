@@ -17,13 +17,13 @@ otherwise. Used by the MLflow pyfunc; needs no MLOps package.
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 from torchvision.transforms.v2 import Resize
+
+from .images import ImageDecodeError, decode_bytes, encode_png
 
 # how a REST reply carries each image's anomaly map: not at all (the default), as values, or as PNG
 MAP_FORMATS = ("none", "values", "png")
@@ -87,8 +87,6 @@ def decode_payload(payload: object) -> list[np.ndarray]:
     import binascii
 
     import pandas as pd
-
-    from .images import ImageDecodeError, decode_bytes
 
     if isinstance(payload, pd.DataFrame):
         payload = payload["image"].tolist() if "image" in payload else payload.to_numpy()
@@ -172,6 +170,4 @@ def shrunk_map(anomaly_map: np.ndarray, map_size: int | None) -> np.ndarray:
 def map_png(anomaly_map: np.ndarray) -> str:
     """A normalised map (0..1) as base64 8-bit grey PNG, value x 255 rounded."""
     grey = np.rint(np.clip(anomaly_map, 0, 1) * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(grey).save(buffer, format="PNG")  # 2-D uint8: mode L
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(encode_png(grey)).decode("ascii")

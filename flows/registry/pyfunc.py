@@ -57,6 +57,8 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
                                       max_wait_s=10)
             self.data_rev = metadata.get("data_md5", "")
             self.version = os.environ.get(VERSION_ENV) or _run_of(folder)
+            self.threshold = raw_image_threshold(self.model)
+            self.keep_images = os.environ.get(KEEP_IMAGES_ENV) == "1"
             atexit.register(self.log.close)
             _write_through_when_stopped(self.log)
 
@@ -76,8 +78,7 @@ class PadimPyfunc(mlflow.pyfunc.PythonModel):
         if self.log is not None:
             sources = [params.get("source") or "rest"] * len(images)
             rows = scored_rows(images, sources, reply["pred_score"], reply["pred_label"], self.version,
-                               self.data_rev, raw_image_threshold(self.model),
-                               os.environ.get(KEEP_IMAGES_ENV) == "1")
+                               self.data_rev, self.threshold, self.keep_images)
             try:
                 self.log.add(rows)
             except Exception as error:  # the images were scored: the client gets its reply
