@@ -158,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--out", type=Path, help="write the review sheet (CSV with a verdict column) here")
     review.set_defaults(run=_review)
 
+    feedback = commands.add_parser("feedback", help="add operators' verdicts (a filled review sheet) to the"
+                                   " line's data as its next version, with their provenance")
+    feedback.add_argument("line", type=_line_name)
+    feedback.add_argument("sheet", type=Path, help="CSV: image (path or digest) or image_digest, verdict"
+                          " (normal or defect), optional defect_kind and reviewed_by")
+    feedback.add_argument("--by", help="who reviewed, for rows without reviewed_by (default: you)")
+    feedback.set_defaults(run=_feedback)
+
     promote = commands.add_parser("promote", help="make a model version the line's champion (recorded)")
     promote.add_argument("line", type=_line_name)
     promote.add_argument("version")
@@ -332,6 +340,19 @@ def _review(args: argparse.Namespace) -> None:
     if args.out is not None:
         write_sheet(items, args.out)
         print(f"wrote {args.out}: fill in 'verdict' (normal or defect) for each image")
+
+
+def _feedback(args: argparse.Namespace) -> None:
+    from .batch import production_log
+    from .data.store import summary
+    from .feedback import add_feedback
+
+    params = _known_line(args.root, args.line)
+    log = production_log(args.root, params.production)
+    report = add_feedback(args.root, params, args.sheet, log, args.by)
+    waiting = f"; {report.left} row(s) still without a verdict" if report.left else ""
+    print(f"{report.reviewed} verdict(s) read from {args.sheet}{waiting}\n{report.staging.summary()}\n"
+          f"now {summary(report.version)}")
 
 
 def _export(args: argparse.Namespace) -> None:

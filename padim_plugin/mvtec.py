@@ -17,6 +17,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 NORMAL = "good"
 # role folders and the anomalib split name of each
 ROLE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+PROVENANCE = "provenance.csv"  # beside the role folders: where images added by verdicts came from
 
 
 def is_image(path: Path) -> bool:

@@ -19,13 +19,15 @@ the exported runtime (``padim_plugin.runtime.score_and_log``) can use it where t
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,19 +112,23 @@ class ScoreLog:
         return [self._write(f"{self.root}/line={line}/day={day}", day_rows)
                 for day, day_rows in by_day.items()]
 
-    def read(self, line: str | None = None, since: datetime | None = None) -> pa.Table:
-        """Every row (of ``line``, from ``since`` on), with ``line`` and ``day`` columns."""
+    def read(self, line: str | None = None, since: datetime | None = None,
+             digests: Collection[str] | None = None) -> pa.Table:
+        """Every row (of ``line``, from ``since`` on, of images with these ``digests``), with
+        ``line`` and ``day`` columns."""
         try:
             dataset = ds.dataset(self.root, filesystem=self.filesystem, format="parquet",
                                  partitioning=PARTITIONING, schema=_with_partitions())
         except FileNotFoundError:
             return _with_partitions().empty_table()
-        condition = None
+        conditions = []
         if line is not None:
-            condition = ds.field("line") == line
+            conditions.append(ds.field("line") == line)
         if since is not None:
-            after = ds.field("time") >= pa.scalar(_utc(since), pa.timestamp("us", tz="UTC"))
-            condition = after if condition is None else condition & after
+            conditions.append(ds.field("time") >= pa.scalar(_utc(since), pa.timestamp("us", tz="UTC")))
+        if digests is not None:
+            conditions.append(ds.field("image_digest").isin(sorted(digests)))
+        condition = functools.reduce(operator.and_, conditions) if conditions else None
         return dataset.to_table(filter=condition).sort_by("time")
 
     def _write(self, folder: str, rows: list[ScoreRow]) -> str:

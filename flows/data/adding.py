@@ -8,19 +8,30 @@ not silently become a fresh remote holding only the newest version, so starting 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataParams
-from .layout import Incoming, StagingReport, stage
+from .layout import Incoming, StagingReport, record_provenance, stage
 from .store import DataStore, DataVersion, DataVersionError
 from .validation import DataValidationError
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where some incoming images came from: ``columns`` of each, by its source path."""
+
+    columns: Sequence[str]
+    rows: Mapping[str, Mapping[str, str]]
+
+
 def add_line(root: Path, line: str, incoming: list[Incoming], data: DataParams, append: bool = False,
-             replace: bool = False, commit: bool = True,
-             create_remote: bool = False) -> tuple[StagingReport, DataVersion]:
+             replace: bool = False, commit: bool = True, create_remote: bool = False,
+             provenance: Provenance | None = None) -> tuple[StagingReport, DataVersion]:
     """Add ``incoming`` as the next version of ``line`` (with ``append``: the committed version
-    plus these images, existing roles kept); returns what was staged and the new version."""
+    plus these images, existing roles kept); returns what was staged and the new version. Images
+    that ``provenance`` describes get their rows in the version's provenance.csv."""
     store = DataStore(root)
     store.check_remote(create_remote)
     previous = None
@@ -41,6 +52,8 @@ def add_line(root: Path, line: str, incoming: list[Incoming], data: DataParams, 
         try:
             report = stage(incoming, scratch / line, previous, replace)
             sources |= report.sources
+            if provenance is not None:
+                record_provenance(scratch / line, report, provenance.rows, provenance.columns)
             version = store.add(line, scratch / line, min_train_images=data.min_train_images,
                                 min_validation_images=data.min_validation_images, commit=commit)
         except DataValidationError as error:

@@ -11,18 +11,22 @@ roles train, validation and test (see :mod:`flows.data.roles`), and optional mas
   optionally, masks: every image gets its role by the stable hash;
 - either of those appended to the previous version: existing images keep their roles.
 
-Identical files (by content) are imported once; the others are reported as skipped.
+Identical files (by content) are imported once; the others are reported as skipped. Images that
+come with a provenance (operators' verdicts, :mod:`flows.feedback`) get a row each in the line's
+``provenance.csv``, inside the version that adds them.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import shutil
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from padim_plugin.mvtec import NORMAL, ROLE_SPLITS, is_image, mask_candidates
+from padim_plugin.mvtec import NORMAL, PROVENANCE, ROLE_SPLITS, is_image, mask_candidates
 
 from ..config import SplitParams
 from .roles import Role, assign_fit_role, assign_role, image_key
@@ -119,24 +123,52 @@ def from_separate_folders(normal: Path | None, defects: Path | None, masks: Path
         images = _images(normal)
         if not images:
             raise DataValidationError(str(normal), [f"{normal}: no normal images found"])
-        for image in images:
-            role = assign_role(image_key(NORMAL, image.name), False, split.seed, split.train,
-                               split.validation, split.defect_validation)
-            incoming.append(Incoming(image, NORMAL, role))
+        incoming += [new_image(image, NORMAL, split) for image in images]
     used_masks: set[Path] = set()
     for kind, images in (_defects_by_kind(defects) if defects is not None else {}).items():
         for image in images:
-            role = assign_role(image_key(kind, image.name), True, split.seed, split.train,
-                               split.validation, split.defect_validation)
             mask = _find_source_mask(masks, kind, image.stem) if masks is not None else None
             used_masks.add(mask)
-            incoming.append(Incoming(image, kind, role, mask))
+            incoming.append(new_image(image, kind, split, mask))
     if masks is not None:
         problems += [f"{mask}: mask without a defect image of that name in {defects}"
                      for mask in sorted(p for p in masks.rglob("*") if is_image(p)) if mask not in used_masks]
     if problems:
         raise DataValidationError(str(normal or defects), problems)
     return incoming
+
+
+def new_image(source: Path, label: str, split: SplitParams, mask: Path | None = None,
+              name: str = "") -> Incoming:
+    """An image new to its line (stored as ``name``, else its own file name), with its role by the
+    stable hash of its key."""
+    role = assign_role(image_key(label, name or source.name), label != NORMAL, split.seed, split.train,
+                       split.validation, split.defect_validation)
+    return Incoming(source, label, role, mask, name)
+
+
+def record_provenance(staged: Path, report: StagingReport, provenance: Mapping[str, Mapping[str, str]],
+                      columns: Sequence[str]) -> int:
+    """Append a row to ``staged/provenance.csv`` for each image this staging added whose source
+    ``provenance`` describes: its stored path, then ``columns``. Images skipped as duplicates get
+    no row. Returns how many rows were added."""
+    rows = [{"stored": _relative(Path(target), staged), **provenance[source]}
+            for target, source in sorted(report.sources.items()) if source in provenance]
+    if not rows:
+        return 0
+    path = staged / PROVENANCE
+    header = ["stored", *columns]
+    if path.is_file():
+        with path.open(newline="") as stream:
+            existing = next(csv.reader(stream), [])
+        if existing != header:
+            raise DataValidationError(str(path), [f"{path}: columns {existing}, expected {header}"])
+    with path.open("a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=header)
+        if stream.tell() == 0:
+            writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
 
 
 def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,

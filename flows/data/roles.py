@@ -60,6 +60,7 @@ def diff_versions(before: dict[str, str], after: dict[str, str]) -> dict[str, di
     def key(path: str) -> str:
         return path.split("/", 1)[-1] if row(path) != "masks" else path
 
+    before, after = _images_and_masks(before), _images_and_masks(after)
     for path in before.keys() & after.keys():
         if before[path] != after[path]:
             rows[row(path)]["changed"] += 1
@@ -71,3 +72,8 @@ def diff_versions(before: dict[str, str], after: dict[str, str]) -> dict[str, di
         if image_key_ not in only_after:
             rows[row(path)]["removed"] += 1
     return rows
+
+
+def _images_and_masks(files: dict[str, str]) -> dict[str, str]:
+    """A version's files less what lies beside the role folders (its provenance.csv)."""
+    return {path: digest for path, digest in files.items() if "/" in path}

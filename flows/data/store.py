@@ -353,7 +353,8 @@ class DataStore:
         roles: dict[str, dict[str, str]] = {}
         for path, digest in self.listing(line, rev).items():
             role, _, rest = path.partition("/")
-            roles.setdefault(role, {})[rest] = digest
+            if rest:  # provenance.csv, beside the role folders, is no role's data
+                roles.setdefault(role, {})[rest] = digest
         return {role: (_tree_md5(files), len(files)) for role, files in sorted(roles.items())}
 
     def commit_of(self, rev: str) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from padim_plugin.images import ImageDecodeError, decode_image
-from padim_plugin.mvtec import IMAGE_EXTENSIONS, NORMAL, ROLE_SPLITS, is_image, mask_candidates
+from padim_plugin.mvtec import IMAGE_EXTENSIONS, NORMAL, PROVENANCE, ROLE_SPLITS, is_image, mask_candidates
 
 LINE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 # Masks are black (0) with white (255) defects. Resized or antialiased masks carry grey edge pixels
@@ -105,10 +105,9 @@ def stray_entries(root: Path, top_level: bool = True) -> list[str]:
     problems = []
     allowed_top = {*ROLE_SPLITS, "ground_truth"}
     for entry in sorted(root.iterdir()) if top_level else []:
-        if entry.name not in allowed_top:
-            problems.append(
-                f"{entry}: stray entry (expected only train/, validation/, test/, ground_truth/)"
-            )
+        if entry.name not in allowed_top and not (entry.name == PROVENANCE and entry.is_file()):
+            problems.append(f"{entry}: stray entry (expected only train/, validation/, test/,"
+                            f" ground_truth/ and {PROVENANCE})")
     if (root / "train").is_dir():
         for entry in sorted((root / "train").iterdir()):
             if entry.name != NORMAL:
