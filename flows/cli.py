@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--out", type=Path, help="write the review sheet (CSV with a verdict column) here")
     review.set_defaults(run=_review)
 
+    monitor = commands.add_parser("monitor", help="judge the champion's production window against its"
+                                  " reference: alarm rate, score shift, input drift (ok, warn or drift)")
+    monitor.add_argument("line", type=_line_name)
+    monitor.add_argument("--since", default="24h", help="the window: 24h, 7d or an ISO date or time"
+                         " (default 24h)")
+    monitor.set_defaults(run=_monitor)
+
     feedback = commands.add_parser("feedback", help="add operators' verdicts (a filled review sheet) to the"
                                    " line's data as its next version, with their provenance")
     feedback.add_argument("line", type=_line_name)
@@ -340,6 +347,15 @@ def _review(args: argparse.Namespace) -> None:
     if args.out is not None:
         write_sheet(items, args.out)
         print(f"wrote {args.out}: fill in 'verdict' (normal or defect) for each image")
+
+
+def _monitor(args: argparse.Namespace) -> None:
+    from .monitor.flow import monitor_product_line
+    from .review import parse_since
+
+    _known_line(args.root, args.line)
+    parse_since(args.since)  # a bad window is refused before Prefect starts
+    print(monitor_product_line(args.line, args.since, str(args.root)).describe(args.line))
 
 
 def _feedback(args: argparse.Namespace) -> None:

@@ -167,12 +167,23 @@ class FitParams(_Strict):
     keep_features: bool = True
 
 
+class MonitorParams(_Strict):
+    """How a window of production is judged against the champion's reference (flows.monitor):
+    each check's p-value, Bonferroni-corrected over the checks, against ``warn_p`` and ``drift_p``."""
+
+    min_images: int = Field(30, ge=5)  # fewer scored in the window: no judgement
+    warn_p: float = Field(0.05, gt=0, lt=1)
+    drift_p: float = Field(0.01, gt=0, lt=1)
+    expected_defect_rate: float = Field(0.0, ge=0, lt=1)  # real defects expected among the parts: more alarms
+
+
 class ProductionParams(_Strict):
     """How scoring in production is logged (padim_plugin.score_log): a row per image in the log at
     ``log``, a folder of the project or a URI such as ``s3://bucket/prefix``; null logs nothing."""
 
     log: str | None = ".padim/production"
     keep_images: bool = False  # each image's bytes beside its row, for review
+    monitor: MonitorParams = MonitorParams()
 
 
 class LineParams(_Strict):

@@ -40,6 +40,7 @@ from .model.features import KeptFeatures, image_digest
 from .model.fit import fit_line
 from .model.incremental import StatisticsStore, refit_statistics, statistics_config
 from .model.trained import TrainedModel
+from .monitor.reference import build_reference
 from .registry.gates import DATA_ON_REMOTE, SUPPORTED_OPERATING_POINT, Check, Decision, decide
 from .registry.lineage import Lineage, lineage_of, require_clean
 from .registry.lock import LineLock
@@ -152,7 +153,8 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
                         {name: str(path) for name, path in evaluation.figures.items()},
                         report.as_tags() | {"statistics_config": config,
                                             "features_config": kept.config(model) if kept else ""},
-                        str(store.folder(key)), calibration.unsupported)
+                        str(store.folder(key)), calibration.unsupported,
+                        build_reference(model, calibration, data.path).to_dict())
 
 
 @task(name="register candidate", **REMOTE_CALL)

@@ -38,6 +38,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .image_statistics import STATISTICS, image_statistics
 from .images import encode_png
 
 # the columns of each file; ``line`` and ``day`` come from the partition folders
@@ -51,6 +52,8 @@ SCHEMA = pa.schema([
     ("image_digest", pa.string()),  # pixels_digest of the image
     ("source", pa.string()),  # the caller's id or the image's path
     ("image", pa.binary()),  # the image as PNG, when the log keeps images for review; else null
+    # padim_plugin.image_statistics of the image, for input-drift monitoring (null in older logs)
+    *[(name, pa.float32()) for name in STATISTICS],
 ])
 PARTITIONING = ds.partitioning(pa.schema([("line", pa.string()), ("day", pa.string())]), flavor="hive")
 _SAFE_LINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -69,6 +72,11 @@ class ScoreRow:
     image_digest: str
     source: str
     image: bytes | None = None
+    width: float | None = None
+    height: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    sharpness: float | None = None
 
 
 def pixels_digest(image: np.ndarray) -> str:
@@ -87,7 +95,7 @@ def scored_rows(images: Sequence[np.ndarray], sources: Sequence[str], scores: Se
     """The rows of one scored batch, all at this moment."""
     now = datetime.now(UTC)
     return [ScoreRow(now, model_version, data_rev, float(score), int(label), threshold, pixels_digest(image),
-                     source, encode_png(image) if keep_images else None)
+                     source, encode_png(image) if keep_images else None, **image_statistics(image))
             for image, source, score, label in zip(images, sources, scores, labels, strict=True)]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+REFERENCE_ARTIFACT = "monitoring/reference.json"  # the run artifact holding TrainedModel.reference
+
 
 @dataclass
 class TrainedModel:
@@ -22,3 +24,4 @@ class TrainedModel:
     fit: dict[str, str] = field(default_factory=dict)  # flows.model.incremental.FitReport: path taken, images
     statistics_path: str = ""  # the kept statistics (.padim/statistics/<cache key>)
     unsupported: str = ""  # why validation cannot support the line's operating point ("" if it can)
+    reference: dict = field(default_factory=dict)  # flows.monitor.reference, what production is compared with

@@ -39,7 +39,7 @@ from ..config import LineParams
 from ..data.folders import locked
 from ..data.store import DataVersion
 from ..data.validation import check_line_name
-from ..model.trained import TrainedModel
+from ..model.trained import REFERENCE_ARTIFACT, TrainedModel
 from ..output import without_expected_warnings
 from .audit import FINISHED, AuditTrail, Event, actor
 from .gates import DATA_ON_REMOTE, Decision
@@ -275,6 +275,8 @@ class Registry:
                 mlflow.log_artifacts(str(statistics), STATISTICS_ARTIFACTS)
             for figure in trained.figures.values():
                 mlflow.log_artifact(figure, "figures")
+            if trained.reference:
+                mlflow.log_dict(trained.reference, REFERENCE_ARTIFACT)
             with without_expected_warnings():  # its warnings about type hints: see flows.output
                 info = self._log_pyfunc(params, trained)
         self._registered_model(line)
@@ -553,14 +555,20 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(model_name(line), str(version), f"{TAG}{key}", value)
 
-    def _experiment(self, line: str) -> str:
-        name = experiment_name(line)
+    def monitoring_experiment(self, line: str) -> str:
+        """The id of ``padim/<line>/monitoring``, where each monitored window is a run."""
+        return self._experiment(line, "monitoring")
+
+    def _experiment(self, line: str, kind: str = "") -> str:
+        """The line's experiment of fits (or of ``kind``: ``padim/<line>/<kind>``), made if need be;
+        on the embedded store its artifacts lie in the project's ``mlartifacts/<line>[/<kind>]``."""
+        name = f"{experiment_name(line)}/{kind}" if kind else experiment_name(line)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
-            location = (self.root / "mlartifacts" / line).as_uri()
+            location = (self.root / "mlartifacts" / line / kind).as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
     def _lineage_tags(self, data: DataVersion, version_key: str, code_version: str,
