@@ -16,6 +16,7 @@ from .output import quiet_libraries
 
 if TYPE_CHECKING:
     from .config import LineParams
+    from .data.store import DataVersion
     from .registry.audit import Event
 
 # the embedded Prefect server must not try to phone home from machines without internet
@@ -207,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("lines", nargs="*", type=_line_name, help="product lines (default: all)")
     status.set_defaults(run=_status)
 
+    automations = commands.add_parser("automations", help="Prefect automations: webhooks on failed retrains,"
+                                      " promotions, approvals and drift").add_subparsers(title="commands")
+    apply = automations.add_parser("apply", help="create automations.yaml's automations on the Prefect"
+                                   " server of PREFECT_API_URL (replacing those of the same names)")
+    apply.add_argument("--webhook-url", default=os.environ.get("PADIM_WEBHOOK_URL"),
+                       help="where the webhook posts, saved as the Webhook block padim-webhook (default:"
+                       " $PADIM_WEBHOOK_URL, else the block as it is)")
+    apply.set_defaults(run=_apply_automations)
+
     schedule = commands.add_parser("schedule", help="serve the retrain flow on a cron schedule")
     schedule.add_argument("--cron", default="0 2 * * *", help="cron expression (default nightly 02:00)")
     schedule.add_argument("--name", default="nightly-retrain")
@@ -244,6 +254,23 @@ def _data_add(args: argparse.Namespace) -> None:
                                replace=args.replace, commit=not args.no_commit,
                                create_remote=args.create_remote)
     print(f"{report.summary()}\nnow {summary(version)}")
+    _announce(args.root, version, "data add")
+
+
+def _announce(root: Path, version: DataVersion, source: str) -> None:
+    """A committed data version's event, for the trigger that retrains its line (flows.events)."""
+    from .events import DATA_COMMITTED, emit
+
+    if version.rev is not None and emit(DATA_COMMITTED, version.line, {
+            "rev": version.rev, "md5": version.md5, "root": str(root.resolve()), "source": source}):
+        print(f"announced {DATA_COMMITTED} for {version.line} at {version.rev[:12]}")
+
+
+def _apply_automations(args: argparse.Namespace) -> None:
+    from .automations import apply_automations
+
+    for name in apply_automations(args.webhook_url):
+        print(f"automation: {name}")
 
 
 def _data_demo(args: argparse.Namespace) -> None:
@@ -369,6 +396,7 @@ def _feedback(args: argparse.Namespace) -> None:
     waiting = f"; {report.left} row(s) still without a verdict" if report.left else ""
     print(f"{report.reviewed} verdict(s) read from {args.sheet}{waiting}\n{report.staging.summary()}\n"
           f"now {summary(report.version)}")
+    _announce(args.root, report.version, "feedback")
 
 
 def _export(args: argparse.Namespace) -> None:

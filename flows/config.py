@@ -175,6 +175,7 @@ class MonitorParams(_Strict):
     warn_p: float = Field(0.05, gt=0, lt=1)
     drift_p: float = Field(0.01, gt=0, lt=1)
     expected_defect_rate: float = Field(0.0, ge=0, lt=1)  # real defects expected among the parts: more alarms
+    on_drift: Literal["notify", "retrain"] = "notify"  # retrain: prefect.yaml's trigger retrains the line
 
 
 class ProductionParams(_Strict):

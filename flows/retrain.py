@@ -29,11 +29,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from .approval import wait_for_approval
 from .config import LineParams, load_params
-from .data.store import DataVersion
+from .data.store import DataStore, DataVersion
+from .events import RETRAIN_FAILED, emit
 from .model.build import save_model
 from .model.evaluate import evaluate, evaluation_images, write_metrics
 from .model.features import KeptFeatures, image_digest
@@ -94,24 +96,24 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def fit_cache_key(params: LineParams, data: DataVersion) -> str:
+def fit_cache_key(params: LineParams, data_md5: str) -> str:
     # how production scoring is logged does not change the model
     settings = json.dumps(params.model_dump(exclude={"production"}), sort_keys=True, default=str)
-    digest = hashlib.sha256(f"{data.md5}|{settings}|{code_version()}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{data_md5}|{settings}|{code_version()}".encode()).hexdigest()
     return f"{params.name}-{digest[:24]}"
 
 
-def version_key(params: LineParams, data: DataVersion, lineage: Lineage) -> str:
+def version_key(params: LineParams, data_md5: str, dirty: bool) -> str:
     """The registered version's key: a fit from a dirty tree is a version of its own, so that the
     same fit from the committed tree is registered (and gated) anew."""
-    return fit_cache_key(params, data) + ("-dirty" if lineage.dirty else "")
+    return fit_cache_key(params, data_md5) + ("-dirty" if dirty else "")
 
 
 def _task_cache_key(params: LineParams, data: DataVersion, root: Path) -> str:
     """The fit's key in Prefect's result cache, which projects on one machine share: the files a
     cached result names are the project's own."""
     project = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
-    return f"{fit_cache_key(params, data)}-{project}"
+    return f"{fit_cache_key(params, data.md5)}-{project}"
 
 
 @task(name="trace lineage", **REMOTE_CALL)
@@ -131,7 +133,7 @@ def trace_lineage(root: Path, data: DataVersion, dirty: list[str]) -> Lineage:
     persist_result=True,
 )
 def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> TrainedModel:
-    key = fit_cache_key(params, data)
+    key = fit_cache_key(params, data.md5)
     work = root / RUNS / key
     logger = get_run_logger()
     logger.info("%s: fitting %s on %s", params.name, params.model.backbone, data.path)
@@ -154,14 +156,14 @@ def fit_and_evaluate(params: LineParams, data: DataVersion, root: Path) -> Train
                         report.as_tags() | {"statistics_config": config,
                                             "features_config": kept.config(model) if kept else ""},
                         str(store.folder(key)), calibration.unsupported,
-                        build_reference(model, calibration, data.path).to_dict())
+                        build_reference(model, data.path).to_dict())
 
 
 @task(name="register candidate", **REMOTE_CALL)
 def register_candidate(root: Path, params: LineParams, data: DataVersion, trained: TrainedModel,
                        lineage: Lineage) -> Candidate:
     return Registry(root).log_candidate(params, data, trained, lineage, code_version(),
-                                        version_key(params, data, lineage))
+                                        version_key(params, data.md5, bool(lineage.dirty)))
 
 
 @dataclass(frozen=True)
@@ -247,28 +249,63 @@ def retrain_product_line(line: str, rev: str | None = None, root: str = ".", all
     one line that overlap (a schedule and a manual run, two machines) give one version and one
     decision: the later one finds the earlier one's version and reuses its decision. A passing
     candidate of a line under approval waits as pending; with ``approval_timeout_s`` the flow
-    waits that long for the answer, outside the line's turn."""
+    waits that long for the answer, outside the line's turn. A retrain that fails is announced
+    (``padim.retrain.failed``, flows.events) before its error is raised."""
     project = Path(root).resolve()
-    dirty = require_clean(project, allow_dirty)
-    params = load_params(project / "params.yaml").line(line)
-    registry = Registry(project)
-    data = pull_data(project, line, rev)
-    validate_data(data, params)
-    lineage = trace_lineage(project, data, dirty)
-    with registry.turn(line, f"retrain {line} on data {data.md5}") as lock:
-        known = registry.find_candidate(line, version_key(params, data, lineage))
-        held_by_remote = known is not None and DATA_ON_REMOTE in known.gate_failed
-        if known is not None and known.decided and not (held_by_remote and not lineage.missing_on_remote):
-            result = LineResult(line, data.md5, registry.run_metrics(known.run_id), known.version,
-                                known.decision or "", "unchanged data, params and code: reused",
-                                run_id=known.run_id)
-        else:
-            result = fit_register_and_decide(project, params, data, lineage, lock)
-    publish_report(result, registry)
+    try:
+        result = retrain_or_reuse(line, rev, project, allow_dirty)
+    except Exception as error:
+        emit(RETRAIN_FAILED, line, {"version": "", "reason": f"{type(error).__name__}: {error}",
+                                    "link": flow_run.ui_url or ""})
+        raise
     if result.decision == PENDING and approval_timeout_s > 0:
         result.decision, result.reason = wait_for_approval(project, line, result.model_version,
                                                            approval_timeout_s)
     return result
+
+
+def retrain_or_reuse(line: str, rev: str | None, project: Path, allow_dirty: bool) -> LineResult:
+    """The line's version for this data, params and code: found registered, or fitted, registered
+    and gated now; its report published."""
+    dirty = require_clean(project, allow_dirty)
+    params = load_params(project / "params.yaml").line(line)
+    registry = Registry(project)
+    result = unchanged_before_pull(project, registry, params, rev, bool(dirty))
+    if result is None:
+        data = pull_data(project, line, rev)
+        validate_data(data, params)
+        lineage = trace_lineage(project, data, dirty)
+        with registry.turn(line, f"retrain {line} on data {data.md5}") as lock:
+            known = registry.find_candidate(line, version_key(params, data.md5, bool(lineage.dirty)))
+            held_by_remote = known is not None and DATA_ON_REMOTE in known.gate_failed
+            if known is not None and known.decided and not (held_by_remote and not lineage.missing_on_remote):
+                result = reused(registry, line, known, data.md5, "unchanged data, params and code: reused")
+            else:
+                result = fit_register_and_decide(project, params, data, lineage, lock)
+    publish_report(result, registry)
+    return result
+
+
+@task(name="skip if unchanged", **REMOTE_CALL)
+def unchanged_before_pull(project: Path, registry: Registry, params: LineParams, rev: str | None,
+                          dirty: bool) -> LineResult | None:
+    """The decided version fitted on this data version (read from its DVC pointer in git, nothing
+    pulled), params and code, if there is one: a nightly run then skips the line at the cost of a
+    git read and a registry query. A version held back because its data was not on the remote is
+    not skipped: the full path checks the remote again."""
+    store = DataStore(project)
+    data_md5 = store.md5(params.name, store.commit_of(rev or "HEAD"))  # the version pull would give
+    known = registry.find_candidate(params.name, version_key(params, data_md5, dirty))
+    if known is None or not known.decided or DATA_ON_REMOTE in known.gate_failed:
+        return None
+    return reused(registry, params.name, known, data_md5, "unchanged data, params and code: reused"
+                  " (nothing pulled)")
+
+
+def reused(registry: Registry, line: str, known: Candidate, data_md5: str, reason: str) -> LineResult:
+    """The result of a retrain that found its version registered and decided already."""
+    return LineResult(line, data_md5, registry.run_metrics(known.run_id), known.version, known.decision or "",
+                      reason, run_id=known.run_id)
 
 
 def fit_register_and_decide(project: Path, params: LineParams, data: DataVersion, lineage: Lineage,

@@ -12,7 +12,8 @@
                     under dvc/
     mlflow          mlflow server: Postgres backend store, artifacts proxied to s3://padim/mlflow, basic auth
     prefect-server  prefect server start, on the `prefect` database
-    prefect-worker  a worker of the process work pool `padim` (the deployments of prefect.yaml are applied)
+    prefect-worker  a worker of the process work pool `padim` (the deployments of prefect.yaml are applied,
+                    and, where PADIM_WEBHOOK_URL is set, the automations of automations.yaml)
     dask-scheduler  dask scheduler
     dask-worker-1/2 two dask workers, one thread each
 
@@ -559,6 +560,9 @@ def apply_prefect(state: State, ports: dict[str, int]) -> None:
                                              "--type", "process"], env=env, timeout=180)
     run_logged(state, "prefect-server", [tool("prefect"), "--no-prompt", "deploy", "--all"],
                env=env, timeout=600)
+    if os.environ.get("PADIM_WEBHOOK_URL"):  # the team's webhook: automations.yaml's notifications go there
+        run_logged(state, "prefect-server", [tool("padim-mlops"), "automations", "apply"],
+                   env=env | {"PADIM_WEBHOOK_URL": os.environ["PADIM_WEBHOOK_URL"]}, timeout=180)
 
 
 def worker_env(state: State, ports: dict[str, int], creds: dict[str, str]) -> dict[str, str]:

@@ -21,7 +21,7 @@ hinge on one image's exact score.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.stats import beta
@@ -55,14 +55,10 @@ class Calibration:
     validation_normal_fpr: float = math.nan
     validation_recall: float = math.nan
     unsupported: str = ""  # why validation cannot support the line's rule: the gates refuse it
-    # the validation normal images' raw scores: what production is compared with (flows.monitor)
-    normal_scores: tuple[float, ...] = field(default=(), repr=False)
 
     def as_params(self) -> dict[str, float | str]:
         """``{"calibration.image_threshold": ...}``, for logging as MLflow params."""
-        kept = asdict(self)
-        kept.pop("normal_scores")
-        return {f"calibration.{name}": value for name, value in kept.items()}
+        return {f"calibration.{name}": value for name, value in asdict(self).items()}
 
 
 def false_alarm_upper_bound(false_alarms: int, normals: int, confidence: float) -> float:
@@ -228,5 +224,4 @@ def calibrate(image_labels: np.ndarray, image_scores: np.ndarray, pixel_labels: 
         pixel_min=float(all_pixel_scores[0]), pixel_max=float(all_pixel_scores[1]),
         validation_normal_fpr=point.validation_normal_fpr, validation_recall=point.validation_recall,
         unsupported=point.problem,
-        normal_scores=tuple(float(score) for score in image_scores[np.asarray(image_labels) == 0]),
     )

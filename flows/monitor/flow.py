@@ -7,8 +7,10 @@ against the reference the champion's run kept at fit time (flows.monitor.checks)
   statistic and p-value as metrics, the report and a figure (score and input-statistic
   distributions, window against reference) as artifacts;
 - a Prefect markdown artifact ``monitor-<line>``;
-- on warn or drift, a Prefect event ``padim.line.drift`` about resource ``padim.line.<line>``
-  carrying the outcome, the champion version and every figure, for automations to act on.
+- on drift, the Prefect event ``padim.line.drift`` (flows.events) carrying the outcome, the
+  champion version, the reasons, every figure and a link to the run, for automations to act on.
+  A warn is recorded in the run and the artifact only: on unchanged real windows it comes several
+  times as often as a drift (bench/monitoring.py), too often to page anyone.
 
 ``padim-mlops monitor LINE`` runs it; ``prefect.yaml`` deploys it on a schedule.
 """
@@ -28,25 +30,19 @@ from matplotlib.figure import Figure
 from mlflow.entities.model_registry import ModelVersion
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.events import emit_event
 
 from padim_plugin.image_statistics import STATISTICS
 
 from ..batch import production_log
 from ..config import load_params
+from ..events import LINE_DRIFT, emit
 from ..model.trained import REFERENCE_ARTIFACT
 from ..registry.registry import Registry
 from ..review import parse_since
-from .checks import DRIFT, WARN, MonitorReport, Window, judge
+from .checks import DRIFT, MonitorReport, Window, judge
 from .reference import MonitoringReference
 
-DRIFT_EVENT = "padim.line.drift"
 TAG = "padim."
-
-
-def line_resource(line: str) -> dict[str, str]:
-    """The Prefect event resource a line's events are about."""
-    return {"prefect.resource.id": f"padim.line.{line}", "prefect.resource.name": line, "padim.line": line}
 
 
 def champion_reference(registry: Registry, line: str) -> tuple[ModelVersion, MonitoringReference]:
@@ -90,11 +86,12 @@ def monitor_product_line(line: str, since: str = "24h", root: str = ".") -> Moni
     run_id = log_window(registry, line, str(champion.version), start, report, window, reference, text)
     create_markdown_artifact(key=f"monitor-{line.lower().replace('_', '-')}", markdown=text,
                              description=f"{line}: {report.outcome}")
-    if report.outcome in (WARN, DRIFT):
-        emit_event(DRIFT_EVENT, resource=line_resource(line), payload={
-            "line": line, "outcome": report.outcome, "version": str(champion.version),
-            "since": start.isoformat(timespec="seconds"), "reasons": report.reasons,
-            "figures": report.figures(), "run_id": run_id})
+    if report.outcome == DRIFT:
+        emit(LINE_DRIFT, line, {
+            "outcome": report.outcome, "version": str(champion.version), "reason": "; ".join(report.reasons),
+            "since": start.isoformat(timespec="seconds"), "figures": report.figures(),
+            "link": registry.run_link(run_id), "root": str(project),
+        }, labels={"padim.on_drift": params.production.monitor.on_drift})
     get_run_logger().info("champion v%s since %s: %s", champion.version, start.isoformat(timespec="seconds"),
                           report.describe(line))
     return report

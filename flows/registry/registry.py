@@ -39,6 +39,7 @@ from ..config import LineParams
 from ..data.folders import locked
 from ..data.store import DataVersion
 from ..data.validation import check_line_name
+from ..events import MODEL_PENDING, MODEL_PROMOTED, emit
 from ..model.trained import REFERENCE_ARTIFACT, TrainedModel
 from ..output import without_expected_warnings
 from .audit import FINISHED, AuditTrail, Event, actor
@@ -465,6 +466,17 @@ class Registry:
         self._pending_as_left_by(event, lock)
         trail.finish(run_id)
         self._summarise(event.line, event)
+        self._announce(event)
+
+    def _announce(self, event: Event) -> None:
+        """A new champion, or a version waiting for approval, as a Prefect event (flows.events)."""
+        promoted = event.champion_after == event.version and event.champion_before != event.version
+        if not promoted and event.outcome != PENDING:
+            return
+        emit(MODEL_PROMOTED if promoted else MODEL_PENDING, event.line, {
+            "version": event.version, "action": event.action, "reason": event.reason, "by": event.by,
+            "champion_before": event.champion_before,
+            "link": self.run_link(self.version(event.line, event.version).run_id)})
 
     def _pending_as_left_by(self, event: Event, lock: LineLock) -> None:
         """``@pending`` as the event leaves it: on its version if it waits for approval, off it once

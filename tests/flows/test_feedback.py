@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from flows.data.store import DataStore
+from flows.events import DATA_COMMITTED
 from flows.feedback import PROVENANCE_COLUMNS
 from flows.registry.registry import Registry, model_name
 from padim_plugin.images import decode_image
 from padim_plugin.mvtec import PROVENANCE
 from padim_plugin.score_log import ScoreLog, ScoreRow, pixels_digest
 
+from ..prefect_events import events_about
 from ..projects import git, init_project, padim, tiny_params
 from ..synthetic import Synthetic, save, write_mvtec_folder
 
@@ -86,6 +88,10 @@ def test_feedback_becomes_a_data_version_with_provenance_and_the_next_retrain_co
     assert padim(project, "feedback", "alpha", sheet(review, rows), "--by", "operator-7") == 0
 
     assert git(project, "rev-parse", "HEAD~1") == head  # one new commit: the data version
+    ours = {"root": str(project.resolve()), "source": "feedback"}
+    announced = [event["payload"]["rev"] for event in events_about(
+        "alpha", DATA_COMMITTED, lambda payload: ours.items() <= payload.items(), at_least=1)]
+    assert announced == [git(project, "rev-parse", "HEAD")]
     recorded = provenance(project)
     assert len(recorded) == 9
     assert list(recorded[0]) == ["stored", *PROVENANCE_COLUMNS]

@@ -23,12 +23,14 @@ from PIL import Image
 from flows.cli import main
 from flows.config import GateParams
 from flows.data.store import DataStore
+from flows.events import MODEL_PROMOTED, RETRAIN_FAILED
 from flows.registry.gates import decide
 from flows.registry.registry import Registry, model_name
 from padim_plugin.artifact import file_sha256
 from padim_plugin.runtime import ExportedModel, score_and_log
 from padim_plugin.score_log import ScoreLog, ScoreLogWriter
 
+from ..prefect_events import events_about
 from ..projects import add_folders, git, init_project, versions
 from ..serving import mlflow_server
 from ..synthetic import write_flat_folders, write_mvtec_folder
@@ -113,6 +115,20 @@ def test_retrain_registers_champions_and_reports_the_failing_line(first_run: Pat
     assert versions(registry, "broken") == []
 
 
+def test_a_new_champion_is_announced_with_its_version_reason_and_run(first_run: Path) -> None:
+    champion = Registry(first_run).version("beta", "1")
+    events = events_about("beta", MODEL_PROMOTED, lambda payload: champion.run_id in payload["link"],
+                          at_least=1)
+    assert [(event["payload"]["version"], event["payload"]["action"]) for event in events] == [("1", "gate")]
+    assert events[0]["payload"]["reason"].startswith("passes every gate")
+
+
+def test_a_failed_retrain_is_announced_with_the_line_and_its_error(first_run: Path) -> None:
+    events = events_about("broken", RETRAIN_FAILED, lambda payload: str(first_run) in payload["reason"],
+                          at_least=1)
+    assert "7 normal training images, at least 50 needed" in events[0]["payload"]["reason"]
+
+
 def test_champion_loads_and_scores_in_a_fresh_process_without_flows_prefect_or_dvc(first_run: Path,
                                                                                     tmp_path: Path) -> None:
     images = tmp_path / "images.npy"
@@ -167,6 +183,15 @@ def test_unchanged_rerun_reuses_the_registered_versions_without_fitting(first_ru
     assert len(fit_states()) == fits_before  # found in the registry by cache key: no fit task ran
     assert {line: versions(registry, line) for line in ("alpha", "beta")} == before
     assert str(registry.champion("alpha").version) == "1"
+
+
+def test_a_rerun_of_an_unchanged_line_skips_it_before_pulling_its_data(
+        first_run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    snapshots = first_run / ".padim" / "data" / "beta"
+    shutil.rmtree(snapshots)
+    assert retrain(first_run, "beta") == 0
+    assert not snapshots.exists()  # nothing was pulled
+    assert "unchanged data, params and code: reused (nothing pulled)" in caplog.text
 
 
 def test_worse_data_version_stays_challenger_with_its_reason(worse_alpha: Path) -> None:

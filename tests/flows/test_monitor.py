@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect.client.orchestration import get_client
 from scipy.stats import beta, binomtest
 
 from flows.config import MonitorParams
+from flows.events import LINE_DRIFT
 from flows.monitor.checks import ALARM_RATE, DRIFT, OK, TOO_FEW, Window, judge
-from flows.monitor.flow import DRIFT_EVENT
 from flows.monitor.reference import MonitoringReference
 from flows.registry.registry import Registry
 from padim_plugin.image_statistics import STATISTICS
 from padim_plugin.images import decode_image
 
+from ..prefect_events import events_about
 from ..projects import init_project, padim, tiny_params
 from ..synthetic import Synthetic, save, write_mvtec_folder
 
@@ -92,21 +90,6 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -
     return root, tmp / "parts"
 
 
-def drift_events(line: str, at_least: int = 0, wait_s: float = 30.0) -> list[dict]:
-    """The Prefect API's ``padim.line.drift`` events about ``line``, once it has ``at_least`` of
-    them (the server stores events in batches) or after ``wait_s``."""
-    async def read() -> list[dict]:
-        async with get_client() as client:
-            answer = await client._client.post("/events/filter", json={
-                "filter": {"event": {"name": [DRIFT_EVENT]}, "resource": {"id": [f"padim.line.{line}"]}}})
-            return answer.json()["events"]
-
-    deadline = time.monotonic() + wait_s
-    while len(events := asyncio.run(read())) < at_least and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return events
-
-
 def test_the_monitor_flow_logs_a_run_and_stays_quiet_on_the_lines_own_parts(
         monitored: tuple[Path, Path], tmp_path: Path) -> None:
     root, parts = monitored
@@ -128,15 +111,16 @@ def test_the_monitor_flow_reports_darker_parts_as_drift_with_an_event(
     root, parts = monitored
     for part in sorted(parts.iterdir()):
         save((decode_image(part) * 0.6).astype(np.uint8), tmp_path / "dark" / part.name)
-    before = len(drift_events("alpha"))
+    before = len(events_about("alpha", LINE_DRIFT))
     since = datetime.now(UTC).isoformat()
     assert padim(root, "predict", "alpha", tmp_path / "dark", "--out", tmp_path / "scored") == 0
 
     assert padim(root, "monitor", "alpha", "--since", since) == 0
 
     assert "alpha: drift" in capsys.readouterr().out
-    events = drift_events("alpha", at_least=before + 1)
+    events = events_about("alpha", LINE_DRIFT, at_least=before + 1)
     assert len(events) == before + 1
-    payload = max(events, key=lambda event: event["occurred"])["payload"]
+    assert events[-1]["resource"]["padim.on_drift"] == "notify"  # params.yaml's default: no retrain
+    payload = events[-1]["payload"]
     assert payload["outcome"] == DRIFT and payload["line"] == "alpha" and payload["version"] == "1"
     assert payload["figures"]["brightness_p"] < SETTINGS.drift_p

@@ -14,12 +14,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
@@ -28,10 +31,11 @@ from flows.cli import main
 from flows.data.store import DataStore
 from flows.registry.registry import Registry
 from padim_plugin.artifact import TENSORS
+from padim_plugin.score_log import ScoreLog, scored_rows
 from stack.stack import read_env_file
 
 from ..projects import REPOSITORY, git, init_project, tiny_params, versions
-from ..synthetic import write_mvtec_folder
+from ..synthetic import Synthetic, save, write_mvtec_folder
 
 pytestmark = pytest.mark.stack
 LINES = ("a", "b", "c")
@@ -51,13 +55,50 @@ def team_environment(stack: dict[str, str]) -> Iterator[None]:
         yield
 
 
+class Webhook:
+    """The team's webhook: a receiver on 127.0.0.1 keeping the JSON bodies posted to it."""
+
+    def __init__(self) -> None:
+        bodies: list[dict] = []
+
+        class Receiver(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.bodies = bodies
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/padim"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, event: str, line: str, timeout_s: float = 120) -> dict:
+        """The first body posted for ``event`` about ``line``, waiting up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not (found := [body for body in self.bodies if (body["event"], body["line"]) == (event, line)]):
+            assert time.monotonic() < deadline, f"no {event} for {line} in {timeout_s} s: {self.bodies}"
+            time.sleep(1)
+        return found[0]
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The stack's client environment while it runs; afterwards ``down`` must find nothing left."""
+def webhook() -> Iterator[Webhook]:
+    receiver = Webhook()
+    yield receiver
+    receiver.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[dict[str, str]]:
+    """The stack's client environment while it runs (its automations call ``webhook``); afterwards
+    ``down`` must find nothing left."""
     state = tmp_path_factory.mktemp("stack")
     command = [sys.executable, str(REPOSITORY / "stack" / "stack.py")]
     started = subprocess.run([*command, "up", "--state", str(state)], cwd=REPOSITORY, capture_output=True,
-                             text=True, timeout=600)
+                             text=True, timeout=600, env=os.environ | {"PADIM_WEBHOOK_URL": webhook.url})
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         yield read_env_file(state / "stack.env") | {"STATE": str(state)}
@@ -213,6 +254,79 @@ def test_a_deployment_waits_for_approval_and_padim_mlops_approve_answers_it(retr
     assert [(event.action, event.outcome) for event in events] == [("gate", "pending"),
                                                                    ("approve", "champion")]
     assert events[-1].by == os.environ["MLFLOW_TRACKING_USERNAME"]  # the MLflow user, on a server
+
+
+def test_the_production_log_appends_and_reads_back_parquet_on_the_teams_s3(stack: dict[str, str]) -> None:
+    log = ScoreLog(f"s3://{BUCKET}/production")  # endpoint and keys from the environment, as a team's
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    rows = scored_rows([pixels, pixels + 200], ["cam-1", "cam-2"], [0.2, 0.9], [0, 1], "3", "md5", 12.0,
+                       keep_images=False)
+    written = log.append("a", rows)
+    read = log.read("a")
+    assert read.column("source").to_pylist() == ["cam-1", "cam-2"]
+    assert read.column("label").to_pylist() == [0, 1]
+    objects = [key for key in s3_keys(stack, "production/") if not key.endswith("/")]  # no folder markers
+    assert objects == [path.removeprefix(f"{BUCKET}/") for path in written]
+    assert objects[0].startswith(f"production/line=a/day={rows[0].time:%Y-%m-%d}/")
+
+
+def retrain_runs_of(line: str) -> list:
+    """The flow runs of the deployment retrain-product-line for ``line``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain-product-line/retrain-product-line")
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])))
+    return [run for run in runs if run.parameters.get("line") == line]
+
+
+def test_two_data_adds_of_a_line_make_the_worker_retrain_it_once_on_the_newer_data(
+        retrained: Path, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    line = "fresh"  # added here first: no earlier commit of it has scheduled a run
+    source = write_mvtec_folder(tmp_path / "v1", 8, 4, 4, seed=9, n_validation=4)
+    assert main(["--root", str(retrained), "data", "add", line, str(source)]) == 0
+    synthetic = Synthetic(64, seed=9)  # the line's texture
+    for i in range(3):
+        save(synthetic.normal(), tmp_path / "more" / f"more{i}.png")
+    assert main(["--root", str(retrained), "data", "add", line, "--append", "--normal",
+                 str(tmp_path / "more")]) == 0
+    deadline = time.monotonic() + 60  # the trigger schedules the run when the first event arrives
+    while not (runs := retrain_runs_of(line)):
+        assert time.monotonic() < deadline, "the data commit scheduled no retrain"
+        time.sleep(2)
+    # the trigger starts it two minutes after the first commit; the test asks for it now
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(runs[0].id, Scheduled(scheduled_time=datetime.now(UTC)), force=True)
+    finished = wait_for_final_state(runs[0].id, timeout_s=300)  # the bound: picked up, fitted, gated
+    assert finished.state.is_completed(), finished.state
+    assert len(retrain_runs_of(line)) == 1  # the second commit, within the window, scheduled none
+    registry = Registry(retrained)
+    assert versions(registry, line) == ["1"]
+    fitted_on = registry.version(line, "1").tags["padim.data_md5"]
+    assert fitted_on == DataStore(retrained).md5(line, "HEAD")  # the newer version: both commits
+
+
+def test_a_promotion_reaches_the_teams_webhook_with_its_line_version_reason_and_link(
+        retrained: Path, webhook: Webhook, stack: dict[str, str]) -> None:
+    body = webhook.wait_for("padim.model.promoted", "a")
+    assert body["version"] == "1" and body["reason"]
+    assert body["link"].startswith(stack["MLFLOW_TRACKING_URI"])  # the run's page on the MLflow server
+
+
+def test_a_failed_retrain_reaches_the_teams_webhook_with_its_reason(retrained: Path,
+                                                                    webhook: Webhook) -> None:
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment("retrain-product-line/retrain-product-line",
+                              parameters={"line": "nope", "root": str(retrained)}, timeout=0)
+    assert wait_for_final_state(flow_run.id).state.is_failed()
+    body = webhook.wait_for("padim.retrain.failed", "nope")
+    assert "unknown product line 'nope'" in body["reason"] and body["version"] == ""
 
 
 def test_the_next_scheduled_run_runs_on_the_worker_and_shows_in_the_history(retrained: Path) -> None:
