@@ -13,6 +13,7 @@ from scipy.stats import beta, binomtest
 from flows.config import MonitorParams
 from flows.events import LINE_DRIFT
 from flows.monitor.checks import ALARM_RATE, DRIFT, OK, TOO_FEW, Window, judge
+from flows.monitor.flow import monitor_lines
 from flows.monitor.reference import MonitoringReference
 from flows.registry.registry import Registry
 from padim_plugin.image_statistics import STATISTICS
@@ -124,3 +125,9 @@ def test_the_monitor_flow_reports_darker_parts_as_drift_with_an_event(
     payload = events[-1]["payload"]
     assert payload["outcome"] == DRIFT and payload["line"] == "alpha" and payload["version"] == "1"
     assert payload["figures"]["brightness_p"] < SETTINGS.drift_p
+
+
+def test_monitor_lines_judges_every_line_with_a_champion(monitored: tuple[Path, Path]) -> None:
+    root, _ = monitored
+    outcomes = monitor_lines(since=datetime.now(UTC).isoformat(), root=str(root))
+    assert outcomes == {"alpha": TOO_FEW}  # nothing scored since this moment: judged, without a verdict
