@@ -26,8 +26,11 @@ def fit_all(data_dir: Path, out_dir: Path, option_sets: dict[str, dict], devices
                                pre_processor=StreamingPadim.configure_pre_processor((64, 64)),
                                evaluator=False, visualizer=False)
         strategy = StreamingDDPStrategy(process_group_backend="gloo") if devices > 1 else "auto"
+        # a workspace per rank: anomalib's Engine makes a versioned folder in it on every rank, and
+        # two ranks making the same "v0" at once fail (seen once in CI)
+        workspace = out_dir / f"{name}.root" / f"rank{os.environ.get('RANK', '0')}"
         engine = Engine(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-                        default_root_dir=out_dir / f"{name}.root", enable_progress_bar=False)
+                        default_root_dir=workspace, enable_progress_bar=False)
         engine.fit(model=model, datamodule=MVTecLayout(data_dir, train_batch_size=2, eval_batch_size=4))
         if engine.trainer.global_rank == 0:
             state = {k: v for k, v in model.model.state_dict().items() if "feature_extractor" not in k}
