@@ -28,8 +28,8 @@ from padim_plugin.mvtec import NORMAL
 from padim_plugin.score_log import ScoreLog, pixels_digest
 
 from .config import LineParams
-from .data.adding import Provenance, add_line
-from .data.layout import DEFAULT_DEFECT_KIND, StagingReport, new_image
+from .data.adding import add_line
+from .data.layout import DEFAULT_DEFECT_KIND, Provenance, StagingReport, new_image
 from .data.store import DataVersion
 from .data.validation import DataValidationError
 from .registry.audit import actor
@@ -144,8 +144,7 @@ def _last_scored(log: ScoreLog | None, line: str, digests: set[str]) -> dict[str
     """The production log's last row of each of these images, by digest."""
     if log is None or not digests:
         return {}
-    table = log.read(line, digests=digests).sort_by("time")
-    return {row["image_digest"]: row for row in table.to_pylist()}
+    return {row["image_digest"]: row for row in log.read(line, digests=digests).to_pylist()}  # by time
 
 
 def _locate(verdict: Verdict, sheet: Path) -> tuple[Path | None, str]:

@@ -8,22 +8,12 @@ not silently become a fresh remote holding only the newest version, so starting 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataParams
-from .layout import Incoming, StagingReport, record_provenance, stage
+from .layout import Incoming, Provenance, StagingReport, record_provenance, stage
 from .store import DataStore, DataVersion, DataVersionError
 from .validation import DataValidationError
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Where some incoming images came from: ``columns`` of each, by its source path."""
-
-    columns: Sequence[str]
-    rows: Mapping[str, Mapping[str, str]]
 
 
 def add_line(root: Path, line: str, incoming: list[Incoming], data: DataParams, append: bool = False,
@@ -53,7 +43,7 @@ def add_line(root: Path, line: str, incoming: list[Incoming], data: DataParams, 
             report = stage(incoming, scratch / line, previous, replace)
             sources |= report.sources
             if provenance is not None:
-                record_provenance(scratch / line, report, provenance.rows, provenance.columns)
+                record_provenance(scratch / line, report, provenance)
             version = store.add(line, scratch / line, min_train_images=data.min_train_images,
                                 min_validation_images=data.min_validation_images, commit=commit)
         except DataValidationError as error:

@@ -147,17 +147,24 @@ def new_image(source: Path, label: str, split: SplitParams, mask: Path | None = 
     return Incoming(source, label, role, mask, name)
 
 
-def record_provenance(staged: Path, report: StagingReport, provenance: Mapping[str, Mapping[str, str]],
-                      columns: Sequence[str]) -> int:
+@dataclass(frozen=True)
+class Provenance:
+    """Where some incoming images came from: ``columns`` of each, by its source path."""
+
+    columns: Sequence[str]
+    rows: Mapping[str, Mapping[str, str]]
+
+
+def record_provenance(staged: Path, report: StagingReport, provenance: Provenance) -> None:
     """Append a row to ``staged/provenance.csv`` for each image this staging added whose source
-    ``provenance`` describes: its stored path, then ``columns``. Images skipped as duplicates get
-    no row. Returns how many rows were added."""
-    rows = [{"stored": _relative(Path(target), staged), **provenance[source]}
-            for target, source in sorted(report.sources.items()) if source in provenance]
+    ``provenance`` describes: its stored path, then its columns. Images skipped as duplicates get
+    no row."""
+    rows = [{"stored": _relative(Path(target), staged), **provenance.rows[source]}
+            for target, source in sorted(report.sources.items()) if source in provenance.rows]
     if not rows:
-        return 0
+        return
     path = staged / PROVENANCE
-    header = ["stored", *columns]
+    header = ["stored", *provenance.columns]
     if path.is_file():
         with path.open(newline="") as stream:
             existing = next(csv.reader(stream), [])
@@ -168,7 +175,6 @@ def record_provenance(staged: Path, report: StagingReport, provenance: Mapping[s
         if stream.tell() == 0:
             writer.writeheader()
         writer.writerows(rows)
-    return len(rows)
 
 
 def stage(incoming: list[Incoming], staging: Path, previous: Path | None = None,

@@ -37,12 +37,10 @@ from ..batch import production_log
 from ..config import load_params
 from ..events import LINE_DRIFT, emit
 from ..model.trained import REFERENCE_ARTIFACT
-from ..registry.registry import Registry
+from ..registry.registry import TAG, Registry
 from ..review import parse_since
 from .checks import DRIFT, MonitorReport, Window, judge
 from .reference import MonitoringReference
-
-TAG = "padim."
 
 
 def champion_reference(registry: Registry, line: str) -> tuple[ModelVersion, MonitoringReference]:
